@@ -1,0 +1,102 @@
+//! Configuration in two steps: read (serde file types, [`native`]) then validate into a
+//! [`Runtime`] whose routing table the proxy serves. Command-line flags ([`flags`]) produce the
+//! same file types, so both forms go through one validation.
+//!
+//! Every error names where it is: `file:line:column: field: what is wrong`.
+
+mod build;
+pub mod flags;
+pub mod native;
+mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use build::build;
+pub use units::{parse_duration, parse_size};
+
+use crate::routing::Table;
+use crate::telemetry::{Metrics, Sink};
+
+/// A validated configuration, ready to serve.
+#[derive(Debug)]
+pub struct Runtime {
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub access_log: Sink,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub table: Table,
+}
+
+/// A configuration problem and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, or `command line`.
+    pub file: String,
+    /// 1-based; `None` when the problem has no single place (or comes from flags).
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn at(source: &str, loc: &serde_saphyr::Location, message: impl Into<String>) -> Self {
+        let known = loc.line() > 0;
+        ConfigError {
+            file: source.to_owned(),
+            line: known.then(|| loc.line()),
+            column: known.then(|| loc.column()),
+            message: message.into(),
+        }
+    }
+
+    pub fn whole(source: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: source.to_owned(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parse native YAML text. `source` names it in errors.
+pub fn parse_str(text: &str, source: &str) -> Result<native::FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::whole(source, "the file is empty"));
+    }
+    serde_saphyr::from_str::<native::FileConfig>(text).map_err(|e| {
+        let message = units::yaml_message(&e);
+        match e.location() {
+            Some(loc) => ConfigError::at(source, &loc, message),
+            None => ConfigError::whole(source, message),
+        }
+    })
+}
+
+/// Read and parse a config file (not yet validated).
+pub fn load_file_config(path: &Path) -> Result<native::FileConfig, ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::whole(&source, format!("cannot read: {e}")))?;
+    parse_str(&text, &source)
+}
+
+/// Read, parse and validate a config file.
+pub fn load_file(path: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
+    let file = load_file_config(path)?;
+    build(file, &path.display().to_string(), metrics)
+}

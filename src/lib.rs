@@ -1,0 +1,14 @@
+//! mirrorctl: a reverse proxy that answers from the primary and mirrors a sampled copy of each
+//! request to shadows, fire-and-forget.
+//!
+//! The flow, one module each: [`config`] (YAML or flags) → [`routing`] table → [`proxy`]
+//! (primary path) → [`mirror`] (shadows) → [`telemetry`] (metrics, access log), with the
+//! [`admin`] listener reading the live state. [`cli`] holds the subcommands.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod mirror;
+pub mod proxy;
+pub mod routing;
+pub mod telemetry;

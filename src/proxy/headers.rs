@@ -1,0 +1,175 @@
+//! Header hygiene between the client and the upstreams, shared by the primary and mirror paths.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1 and those named in `Connection`) never cross the proxy;
+//! `x-forwarded-for` is appended, `x-forwarded-proto` set when absent; every request carries
+//! one `x-request-id`, the client's when it sent a sane one.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request::Parts, Version};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Remove hop-by-hop headers, including every header the `Connection` header names.
+/// `Upgrade` goes too: upgrades are not proxied (yet).
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+/// Refuse what must never be forwarded. HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2);
+/// hyper accepts a missing or repeated one, we do not.
+pub fn check_request(parts: &Parts) -> Result<(), &'static str> {
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    match (parts.version, hosts) {
+        (Version::HTTP_11, 0) => Err("missing Host header"),
+        (_, n) if n > 1 => Err("more than one Host header"),
+        _ => Ok(()),
+    }
+}
+
+/// The request's host: the `Host` header, or the URI authority (HTTP/2 `:authority`).
+pub fn request_host(parts: &Parts) -> Option<HeaderValue> {
+    if let Some(h) = parts.headers.get(header::HOST) {
+        return Some(h.clone());
+    }
+    parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// Keep the client's `x-request-id` when it is sane, otherwise make one; returns it.
+pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let id = new_request_id();
+    h.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+/// A random (version 4) UUID in its usual text form.
+pub fn new_request_id() -> HeaderValue {
+    let hi = (fastrand::u64(..) & !0xf000) | 0x4000; // version 4
+    let lo = (fastrand::u64(..) & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
+    let s = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Append the client's address to `x-forwarded-for`; set `x-forwarded-proto` if absent.
+pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+    let ip = client.to_string();
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    // Several x-forwarded-for lines are folded into one list.
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    if !h.contains_key(X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarded_appends() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        add_forwarded(&mut h, "::1".parse().expect("ip"), "http");
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1"));
+        assert_eq!(ensure_request_id(&mut h), "abc-1");
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        let s = id.to_str().expect("ascii");
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert_eq!(h[X_REQUEST_ID], id);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn host_rules() {
+        let p = |v: Version, hosts: &[&str]| {
+            let mut b = http::Request::get("/").version(v);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).expect("req").into_parts().0
+        };
+        assert!(check_request(&p(Version::HTTP_11, &["a"])).is_ok());
+        assert!(check_request(&p(Version::HTTP_11, &[])).is_err());
+        assert!(check_request(&p(Version::HTTP_11, &["a", "b"])).is_err());
+        assert!(check_request(&p(Version::HTTP_10, &[])).is_ok());
+        assert!(check_request(&p(Version::HTTP_2, &[])).is_ok());
+    }
+}

@@ -36,7 +36,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(&state, &req)) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

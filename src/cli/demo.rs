@@ -52,8 +52,14 @@ async fn upstream(name: &'static str) -> std::io::Result<SocketAddr> {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-")
                     .to_owned();
-                println!("[{name}] received {} {} host={host} request_id={id}", req.method(), req.uri());
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("hello from {name}\n")))))
+                println!(
+                    "[{name}] received {} {} host={host} request_id={id}",
+                    req.method(),
+                    req.uri()
+                );
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                    "hello from {name}\n"
+                )))))
             });
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -94,7 +100,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                     let resp = client.get(uri).await?;
                     let status = resp.status();
                     let body = resp.into_body().collect().await?.to_bytes();
-                    println!("client got {status}: {}", String::from_utf8_lossy(&body).trim());
+                    println!(
+                        "client got {status}: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    );
                 }
                 // Let the last mirrors land before stopping.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;

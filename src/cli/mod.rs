@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "mirrorctl", version, about = "Traffic-mirroring reverse proxy: answer from the primary, mirror a sample to shadows, never let a shadow touch the client.")]
+#[command(
+    name = "mirrorctl",
+    version,
+    about = "Traffic-mirroring reverse proxy: answer from the primary, mirror a sample to shadows, never let a shadow touch the client."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -18,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Validate a config file; prints `file:line:column: problem` and exits 1 on a bad one.
     Check(check::CheckArgs),
     /// Start a built-in v1 (primary) and v2 (shadow) behind the proxy and show mirroring live.
@@ -27,7 +31,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Check(a) => check::run(a),
         Command::Demo(a) => demo::run(a),
     };

@@ -44,7 +44,10 @@ impl Ctx<'_> {
             self.err(
                 &v.referenced,
                 field,
-                format!("`{}` is not an IP:port address (e.g. 127.0.0.1:8080)", v.value),
+                format!(
+                    "`{}` is not an IP:port address (e.g. 127.0.0.1:8080)",
+                    v.value
+                ),
             )
         })
     }
@@ -78,7 +81,12 @@ pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, 
     let request_timeout = opt_dur(&t.request, "timeouts.request", DEFAULT_REQUEST_TIMEOUT)?;
     let shutdown_timeout = opt_dur(&t.shutdown, "timeouts.shutdown", DEFAULT_SHUTDOWN_TIMEOUT)?;
 
-    let shadow_defaults = shadow_settings(&cx, &f.mirror_defaults, ShadowSettings::default(), "mirror_defaults")?;
+    let shadow_defaults = shadow_settings(
+        &cx,
+        &f.mirror_defaults,
+        ShadowSettings::default(),
+        "mirror_defaults",
+    )?;
 
     // Services.
     let mut services: Vec<Arc<Service>> = Vec::new();
@@ -94,13 +102,19 @@ pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, 
         }
         services.push(Arc::new(service(&cx, s, &field, request_timeout)?));
         let settings = match &s.shadow {
-            Some(sh) => shadow_settings(&cx, sh, shadow_defaults.clone(), &format!("{field}.shadow"))?,
+            Some(sh) => {
+                shadow_settings(&cx, sh, shadow_defaults.clone(), &format!("{field}.shadow"))?
+            }
             None => shadow_defaults.clone(),
         };
         shadow_cfg.insert(s.name.value.clone(), settings);
     }
     if services.is_empty() {
-        return Err(cx.err(&f.services.referenced, "services", "at least one service is needed"));
+        return Err(cx.err(
+            &f.services.referenced,
+            "services",
+            "at least one service is needed",
+        ));
     }
 
     // Routes.
@@ -115,10 +129,22 @@ pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, 
                 format!("route `{}` is defined twice", r.name.value),
             ));
         }
-        routes.push(route(&cx, r, &field, &services, &shadow_cfg, &mut shadows, metrics)?);
+        routes.push(route(
+            &cx,
+            r,
+            &field,
+            &services,
+            &shadow_cfg,
+            &mut shadows,
+            metrics,
+        )?);
     }
     if routes.is_empty() {
-        return Err(cx.err(&f.routes.referenced, "routes", "at least one route is needed"));
+        return Err(cx.err(
+            &f.routes.referenced,
+            "routes",
+            "at least one route is needed",
+        ));
     }
     Ok(Runtime {
         listen,
@@ -130,12 +156,25 @@ pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, 
     })
 }
 
-fn service(cx: &Ctx, s: &ServiceFile, field: &str, request_timeout: Duration) -> Result<Service, ConfigError> {
+fn service(
+    cx: &Ctx,
+    s: &ServiceFile,
+    field: &str,
+    request_timeout: Duration,
+) -> Result<Service, ConfigError> {
     if s.name.value.is_empty() || s.name.value.contains(char::is_whitespace) {
-        return Err(cx.err(&s.name.referenced, &format!("{field}.name"), "a name without spaces is needed"));
+        return Err(cx.err(
+            &s.name.referenced,
+            &format!("{field}.name"),
+            "a name without spaces is needed",
+        ));
     }
     if s.endpoints.value.is_empty() {
-        return Err(cx.err(&s.endpoints.referenced, &format!("{field}.endpoints"), "at least one endpoint is needed"));
+        return Err(cx.err(
+            &s.endpoints.referenced,
+            &format!("{field}.endpoints"),
+            "at least one endpoint is needed",
+        ));
     }
     let mut endpoints = Vec::new();
     for (j, e) in s.endpoints.value.iter().enumerate() {
@@ -145,7 +184,11 @@ fn service(cx: &Ctx, s: &ServiceFile, field: &str, request_timeout: Duration) ->
         };
         let (scheme, authority) = parse_endpoint(addr)
             .map_err(|m| cx.err(&e.referenced, &format!("{field}.endpoints[{j}]"), m))?;
-        endpoints.push(Endpoint { scheme, authority, labels });
+        endpoints.push(Endpoint {
+            scheme,
+            authority,
+            labels,
+        });
     }
     let timeout = match &s.request_timeout {
         Some(v) => cx.duration(v, &format!("{field}.request_timeout"))?,
@@ -156,7 +199,11 @@ fn service(cx: &Ctx, s: &ServiceFile, field: &str, request_timeout: Duration) ->
 
 /// `host:port` or `http://host:port` (no path).
 pub fn parse_endpoint(addr: &str) -> Result<(Scheme, Authority), String> {
-    let with_scheme = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let with_scheme = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
     let uri: Uri = with_scheme
         .parse()
         .map_err(|_| format!("`{addr}` is not an address (host:port or http://host:port)"))?;
@@ -176,47 +223,79 @@ pub fn parse_endpoint(addr: &str) -> Result<(Scheme, Authority), String> {
         return Err(format!("`{addr}` has no port"));
     }
     if authority.as_str().contains('@') {
-        return Err(format!("`{addr}`: credentials in upstream addresses are not supported"));
+        return Err(format!(
+            "`{addr}`: credentials in upstream addresses are not supported"
+        ));
     }
     Ok((Scheme::HTTP, authority))
 }
 
-fn shadow_settings(cx: &Ctx, f: &ShadowFile, mut s: ShadowSettings, field: &str) -> Result<ShadowSettings, ConfigError> {
+fn shadow_settings(
+    cx: &Ctx,
+    f: &ShadowFile,
+    mut s: ShadowSettings,
+    field: &str,
+) -> Result<ShadowSettings, ConfigError> {
     if let Some(v) = &f.max_in_flight {
         if v.value == 0 {
-            return Err(cx.err(&v.referenced, &format!("{field}.max_in_flight"), "must be at least 1"));
+            return Err(cx.err(
+                &v.referenced,
+                &format!("{field}.max_in_flight"),
+                "must be at least 1",
+            ));
         }
         s.max_in_flight = v.value;
     }
     if let Some(v) = &f.timeout {
         s.timeout = cx.duration(v, &format!("{field}.timeout"))?;
         if s.timeout.is_zero() {
-            return Err(cx.err(&v.referenced, &format!("{field}.timeout"), "must be above zero"));
+            return Err(cx.err(
+                &v.referenced,
+                &format!("{field}.timeout"),
+                "must be above zero",
+            ));
         }
     }
     if let Some(v) = &f.max_body {
-        s.max_body_bytes = parse_size(&v.value).map_err(|m| cx.err(&v.referenced, &format!("{field}.max_body"), m))?;
+        s.max_body_bytes = parse_size(&v.value)
+            .map_err(|m| cx.err(&v.referenced, &format!("{field}.max_body"), m))?;
     }
     if let Some(ms) = &f.methods {
         let mut methods = Vec::new();
         for (i, m) in ms.iter().enumerate() {
             let up = m.value.to_ascii_uppercase();
-            let method = Method::from_bytes(up.as_bytes())
-                .map_err(|_| cx.err(&m.referenced, &format!("{field}.methods[{i}]"), format!("`{}` is not a method", m.value)))?;
+            let method = Method::from_bytes(up.as_bytes()).map_err(|_| {
+                cx.err(
+                    &m.referenced,
+                    &format!("{field}.methods[{i}]"),
+                    format!("`{}` is not a method", m.value),
+                )
+            })?;
             methods.push(method);
         }
         s.methods = Some(methods);
     }
     if let Some(v) = &f.host_suffix {
         s.host_suffix = (!v.value.is_empty()).then(|| v.value.clone());
-        if v.value.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.')) {
-            return Err(cx.err(&v.referenced, &format!("{field}.host_suffix"), "only letters, digits, `-` and `.` are allowed"));
+        if v.value
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+        {
+            return Err(cx.err(
+                &v.referenced,
+                &format!("{field}.host_suffix"),
+                "only letters, digits, `-` and `.` are allowed",
+            ));
         }
     }
     if let Some(b) = &f.breaker {
         if let Some(v) = &b.consecutive_failures {
             if v.value == 0 {
-                return Err(cx.err(&v.referenced, &format!("{field}.breaker.consecutive_failures"), "must be at least 1"));
+                return Err(cx.err(
+                    &v.referenced,
+                    &format!("{field}.breaker.consecutive_failures"),
+                    "must be at least 1",
+                ));
             }
             s.breaker_failures = v.value;
         }
@@ -232,13 +311,25 @@ fn string_match(cx: &Ctx, m: &S<StringMatchFile>, field: &str) -> Result<StringM
         (Some(e), None) => Ok(StringMatch::Exact(e.clone())),
         (None, Some(p)) => Ok(StringMatch::Prefix(p.clone())),
         (None, None) => Ok(StringMatch::Present),
-        (Some(_), Some(_)) => Err(cx.err(&m.referenced, field, "give one of `exact` or `prefix`, not both")),
+        (Some(_), Some(_)) => Err(cx.err(
+            &m.referenced,
+            field,
+            "give one of `exact` or `prefix`, not both",
+        )),
     }
 }
 
 fn match_block(cx: &Ctx, m: &MatchFile, field: &str) -> Result<MatchBlock, ConfigError> {
-    let uri = m.uri.as_ref().map(|u| string_match(cx, u, &format!("{field}.uri"))).transpose()?;
-    let method = m.method.as_ref().map(|u| string_match(cx, u, &format!("{field}.method"))).transpose()?;
+    let uri = m
+        .uri
+        .as_ref()
+        .map(|u| string_match(cx, u, &format!("{field}.uri")))
+        .transpose()?;
+    let method = m
+        .method
+        .as_ref()
+        .map(|u| string_match(cx, u, &format!("{field}.method")))
+        .transpose()?;
     let mut headers = Vec::new();
     for (k, v) in &m.headers {
         let f = format!("{field}.headers.{k}");
@@ -249,14 +340,34 @@ fn match_block(cx: &Ctx, m: &MatchFile, field: &str) -> Result<MatchBlock, Confi
             .map_err(|_| cx.err(&v.referenced, &f, format!("`{k}` is not a header name")))?;
         headers.push((name, string_match(cx, v, &f)?));
     }
-    Ok(MatchBlock { uri, method, headers })
+    Ok(MatchBlock {
+        uri,
+        method,
+        headers,
+    })
 }
 
-fn find_service<'a>(cx: &Ctx, services: &'a [Arc<Service>], name: &S<String>, field: &str) -> Result<&'a Arc<Service>, ConfigError> {
-    services.iter().find(|s| s.name == name.value).ok_or_else(|| {
-        let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-        cx.err(&name.referenced, field, format!("unknown service `{}` (services: {})", name.value, known.join(", ")))
-    })
+fn find_service<'a>(
+    cx: &Ctx,
+    services: &'a [Arc<Service>],
+    name: &S<String>,
+    field: &str,
+) -> Result<&'a Arc<Service>, ConfigError> {
+    services
+        .iter()
+        .find(|s| s.name == name.value)
+        .ok_or_else(|| {
+            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            cx.err(
+                &name.referenced,
+                field,
+                format!(
+                    "unknown service `{}` (services: {})",
+                    name.value,
+                    known.join(", ")
+                ),
+            )
+        })
 }
 
 fn route(
@@ -275,28 +386,65 @@ fn route(
     }
     let dests: &[DestinationFile] = &r.route.value;
     if dests.is_empty() {
-        return Err(cx.err(&r.route.referenced, &format!("{field}.route"), "at least one destination is needed"));
+        return Err(cx.err(
+            &r.route.referenced,
+            &format!("{field}.route"),
+            "at least one destination is needed",
+        ));
     }
     let weighted = dests.iter().filter(|d| d.weight.is_some()).count();
     if weighted != 0 && weighted != dests.len() {
-        return Err(cx.err(&r.route.referenced, &format!("{field}.route"), "give every destination a weight, or none"));
+        return Err(cx.err(
+            &r.route.referenced,
+            &format!("{field}.route"),
+            "give every destination a weight, or none",
+        ));
     }
     let mut destinations = Vec::new();
     for (i, d) in dests.iter().enumerate() {
         let f = format!("{field}.route[{i}]");
-        let service = find_service(cx, services, &d.destination, &format!("{f}.destination"))?.clone();
+        let service =
+            find_service(cx, services, &d.destination, &format!("{f}.destination"))?.clone();
         let weight = d.weight.as_ref().map_or(1, |w| w.value);
         destinations.push(WeightedDestination { service, weight });
     }
-    if destinations.iter().map(|d| u64::from(d.weight)).sum::<u64>() == 0 {
-        return Err(cx.err(&r.route.referenced, &format!("{field}.route"), "the weights add up to 0"));
+    if destinations
+        .iter()
+        .map(|d| u64::from(d.weight))
+        .sum::<u64>()
+        == 0
+    {
+        return Err(cx.err(
+            &r.route.referenced,
+            &format!("{field}.route"),
+            "the weights add up to 0",
+        ));
     }
-    if destinations.iter().map(|d| u64::from(d.weight)).sum::<u64>() > u64::from(u32::MAX) {
-        return Err(cx.err(&r.route.referenced, &format!("{field}.route"), "the weights add up to more than 2^32"));
+    if destinations
+        .iter()
+        .map(|d| u64::from(d.weight))
+        .sum::<u64>()
+        > u64::from(u32::MAX)
+    {
+        return Err(cx.err(
+            &r.route.referenced,
+            &format!("{field}.route"),
+            "the weights add up to more than 2^32",
+        ));
     }
     let mut mirrors = Vec::new();
     for (i, m) in r.mirrors.iter().enumerate() {
-        mirrors.push(mirror(cx, m, &format!("{field}.mirrors[{i}]"), &name, services, shadow_cfg, shadows, metrics, &mirrors)?);
+        mirrors.push(mirror(
+            cx,
+            m,
+            &format!("{field}.mirrors[{i}]"),
+            &name,
+            services,
+            shadow_cfg,
+            shadows,
+            metrics,
+            &mirrors,
+        )?);
     }
     Ok(Route::new(name, matches, destinations, mirrors))
 }
@@ -313,14 +461,32 @@ fn mirror(
     metrics: &Metrics,
     earlier: &[MirrorPolicy],
 ) -> Result<MirrorPolicy, ConfigError> {
-    let service = find_service(cx, services, &m.destination, &format!("{field}.destination"))?;
-    if earlier.iter().any(|p| p.shadow.service.name == service.name) {
-        return Err(cx.err(&m.destination.referenced, &format!("{field}.destination"), format!("`{}` is already a mirror of this route", service.name)));
+    let service = find_service(
+        cx,
+        services,
+        &m.destination,
+        &format!("{field}.destination"),
+    )?;
+    if earlier
+        .iter()
+        .any(|p| p.shadow.service.name == service.name)
+    {
+        return Err(cx.err(
+            &m.destination.referenced,
+            &format!("{field}.destination"),
+            format!("`{}` is already a mirror of this route", service.name),
+        ));
     }
     let percent = match &m.percent {
         None => 100.0,
         Some(p) if p.value.is_finite() && (0.0..=100.0).contains(&p.value) => p.value,
-        Some(p) => return Err(cx.err(&p.referenced, &format!("{field}.percent"), format!("{} is not a percentage between 0 and 100", p.value))),
+        Some(p) => {
+            return Err(cx.err(
+                &p.referenced,
+                &format!("{field}.percent"),
+                format!("{} is not a percentage between 0 and 100", p.value),
+            ))
+        }
     };
     let shadow = shadows
         .entry(service.name.clone())
@@ -330,5 +496,9 @@ fn mirror(
         })
         .clone();
     let counters = Arc::new(MirrorCounters::new(metrics, route, &shadow.name));
-    Ok(MirrorPolicy { shadow, sampler: Sampler::from_percent(percent), counters })
+    Ok(MirrorPolicy {
+        shadow,
+        sampler: Sampler::from_percent(percent),
+        counters,
+    })
 }

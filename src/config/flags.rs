@@ -76,14 +76,19 @@ fn flag_err(flag: &str, msg: impl std::fmt::Display) -> ConfigError {
 
 /// Turn the quick-form flags into a file config.
 fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
-    let primary = f
-        .primary
-        .as_ref()
-        .ok_or_else(|| flag_err("--primary", "a primary upstream is needed (or pass --config FILE)"))?;
+    let primary = f.primary.as_ref().ok_or_else(|| {
+        flag_err(
+            "--primary",
+            "a primary upstream is needed (or pass --config FILE)",
+        )
+    })?;
     super::build::parse_endpoint(primary).map_err(|m| flag_err("--primary", m))?;
     let percent = f.mirror_percent.unwrap_or(100.0);
     if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
-        return Err(flag_err("--mirror-percent", format!("{percent} is not between 0 and 100")));
+        return Err(flag_err(
+            "--mirror-percent",
+            format!("{percent} is not between 0 and 100"),
+        ));
     }
     let mut services = vec![ServiceFile {
         name: s("primary".into()),
@@ -94,21 +99,32 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
     let mut mirrors = Vec::new();
     for (i, url) in f.shadow.iter().enumerate() {
         super::build::parse_endpoint(url).map_err(|m| flag_err("--shadow", m))?;
-        let name = if f.shadow.len() == 1 { "shadow".to_owned() } else { format!("shadow-{}", i + 1) };
+        let name = if f.shadow.len() == 1 {
+            "shadow".to_owned()
+        } else {
+            format!("shadow-{}", i + 1)
+        };
         services.push(ServiceFile {
             name: s(name.clone()),
             endpoints: s(vec![s(EndpointFile::Address(url.clone()))]),
             request_timeout: None,
             shadow: None,
         });
-        mirrors.push(MirrorFile { destination: s(name), percent: Some(s(percent)) });
+        mirrors.push(MirrorFile {
+            destination: s(name),
+            percent: Some(s(percent)),
+        });
     }
     let mirror_defaults = ShadowFile {
         max_in_flight: f.mirror_max_in_flight.map(s),
         timeout: f.mirror_timeout.clone().map(s),
         max_body: f.mirror_max_body.clone().map(s),
-        methods: (!f.mirror_methods.is_empty())
-            .then(|| f.mirror_methods.iter().map(|m| s(m.trim().to_owned())).collect()),
+        methods: (!f.mirror_methods.is_empty()).then(|| {
+            f.mirror_methods
+                .iter()
+                .map(|m| s(m.trim().to_owned()))
+                .collect()
+        }),
         host_suffix: f.no_shadow_host_suffix.then(|| s(String::new())),
         breaker: None,
     };
@@ -126,7 +142,10 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
         routes: s(vec![RouteFile {
             name: s("default".into()),
             matches: Vec::new(),
-            route: s(vec![DestinationFile { destination: s("primary".into()), weight: None }]),
+            route: s(vec![DestinationFile {
+                destination: s("primary".into()),
+                weight: None,
+            }]),
             mirrors,
         }]),
     })
@@ -182,7 +201,8 @@ fn flagify(msg: &str) -> String {
     ];
     for (field, flag) in MAP.iter().copied() {
         if let Some(rest) = msg.strip_prefix(field) {
-            let rest = rest.trim_start_matches(|c: char| c == '[' || c == ']' || c.is_ascii_digit());
+            let rest =
+                rest.trim_start_matches(|c: char| c == '[' || c == ']' || c.is_ascii_digit());
             return format!("{flag}{rest}");
         }
     }

@@ -13,9 +13,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || format!("`{s}` is not a size; write e.g. 65536, 64KiB, 1MiB");
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -37,7 +35,11 @@ pub fn yaml_message(e: &serde_saphyr::Error) -> String {
         Some(i) => &full[..i],
         None => full.as_str(),
     };
-    msg.lines().next().unwrap_or("invalid YAML").trim().to_owned()
+    msg.lines()
+        .next()
+        .unwrap_or("invalid YAML")
+        .trim()
+        .to_owned()
 }
 
 #[cfg(test)]

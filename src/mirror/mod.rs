@@ -338,7 +338,12 @@ async fn send(
         .path_and_query(req.path_and_query.clone())
         .build();
     let Ok(uri) = uri else {
-        log(None, upstream, Some("invalid upstream uri"), start.elapsed());
+        log(
+            None,
+            upstream,
+            Some("invalid upstream uri"),
+            start.elapsed(),
+        );
         return Err(MirrorOutcome::failed);
     };
     let mut r = Request::new(Full::new(body));

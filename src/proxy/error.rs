@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn chain_skips_repeats() {
-        let inner = std::io::Error::new(std::io::ErrorKind::Other, "refused");
+        let inner = std::io::Error::other("refused");
         assert_eq!(error_chain(&inner), "refused");
     }
 }

@@ -28,13 +28,23 @@ use crate::telemetry::Entry;
 
 const PRIMARY: &str = "primary";
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     state.metrics.in_flight.inc();
     let resp = match forward(&state, req, peer, start).await {
         Ok(r) => r,
         Err((e, ctx)) => {
-            log_primary(&state, &ctx, Some(e.status().as_u16()), start, Some(&e.to_string()));
+            log_primary(
+                &state,
+                &ctx,
+                Some(e.status().as_u16()),
+                start,
+                Some(&e.to_string()),
+            );
             e.to_response().map(Either::Right)
         }
     };
@@ -201,7 +211,13 @@ async fn forward(
     Ok(resp.map(Either::Left))
 }
 
-fn log_primary(state: &State, ctx: &LogCtx, status: Option<u16>, start: Instant, error: Option<&str>) {
+fn log_primary(
+    state: &State,
+    ctx: &LogCtx,
+    status: Option<u16>,
+    start: Instant,
+    error: Option<&str>,
+) {
     if !state.access_log.enabled() {
         return;
     }
@@ -216,7 +232,11 @@ fn log_primary(state: &State, ctx: &LogCtx, status: Option<u16>, start: Instant,
         target: PRIMARY,
         method: &ctx.method,
         path: &ctx.path,
-        upstream: if ctx.upstream.is_empty() { "-" } else { &ctx.upstream },
+        upstream: if ctx.upstream.is_empty() {
+            "-"
+        } else {
+            &ctx.upstream
+        },
         status,
         duration: start.elapsed(),
         error,

@@ -96,9 +96,9 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
     let mut tasks = JoinSet::new();
     let mut listen_addrs = Vec::new();
     for addr in &rt.listen {
-        let l = TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-        })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         listen_addrs.push(l.local_addr()?);
         tasks.spawn(server::serve(
             l,

@@ -69,6 +69,9 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(?shutdown_timeout, "shutdown deadline passed with requests in flight");
+        tracing::warn!(
+            ?shutdown_timeout,
+            "shutdown deadline passed with requests in flight"
+        );
     }
 }

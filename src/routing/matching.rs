@@ -98,14 +98,28 @@ mod tests {
             (&exact_get_health, req("POST", "/health", &[]), false),
             (&exact_get_health, req("GET", "/healthz", &[]), false),
             (&rollout, req("GET", "/", &[("x-rollout", "shadow")]), true),
-            (&rollout, req("GET", "/", &[("x-rollout", "primary")]), false),
+            (
+                &rollout,
+                req("GET", "/", &[("x-rollout", "primary")]),
+                false,
+            ),
             (&rollout, req("GET", "/", &[]), false),
             (&has_debug, req("GET", "/", &[("x-debug", "")]), true),
             (&has_debug, req("GET", "/", &[]), false),
-            (&MatchBlock::default(), req("DELETE", "/anything", &[]), true),
+            (
+                &MatchBlock::default(),
+                req("DELETE", "/anything", &[]),
+                true,
+            ),
         ];
         for (i, (m, r, want)) in cases.iter().enumerate() {
-            assert_eq!(m.matches(r), *want, "case {i}: {m:?} vs {} {}", r.method, r.uri);
+            assert_eq!(
+                m.matches(r),
+                *want,
+                "case {i}: {m:?} vs {} {}",
+                r.method,
+                r.uri
+            );
         }
     }
 }

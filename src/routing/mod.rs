@@ -64,11 +64,7 @@ pub struct WeightedDestination {
 }
 
 impl Service {
-    pub fn new(
-        name: String,
-        endpoints: Vec<Endpoint>,
-        request_timeout: Duration,
-    ) -> Service {
+    pub fn new(name: String, endpoints: Vec<Endpoint>, request_timeout: Duration) -> Service {
         Service {
             name,
             endpoints,
@@ -160,7 +156,11 @@ mod tests {
     }
 
     fn parts(uri: &str) -> http::request::Parts {
-        http::Request::get(uri).body(()).expect("valid").into_parts().0
+        http::Request::get(uri)
+            .body(())
+            .expect("valid")
+            .into_parts()
+            .0
     }
 
     #[test]

@@ -155,7 +155,8 @@ impl std::fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let v = self.0;
         let bare = !v.is_empty()
-            && v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+            && v.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
         if bare {
             return f.write_str(v);
         }

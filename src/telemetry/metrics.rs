@@ -96,8 +96,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("mirrorctl");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency =
-            Family::<LatencyLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> _,
+        );
         let mirror = Family::<MirrorLabels, Counter>::default();
         let shadow_in_flight = Family::<ShadowLabels, Gauge>::default();
         let shadow_circuit_open = Family::<ShadowLabels, Gauge>::default();
@@ -175,13 +176,17 @@ impl Metrics {
     }
 
     /// A handle to one mirror-outcome counter, to keep on the hot path.
-    pub fn mirror_counter(&self, route: &Arc<str>, shadow: &Arc<str>, outcome: MirrorOutcome) -> Counter {
-        self.mirror
-            .get_or_create_owned(&MirrorLabels {
-                route: route.clone(),
-                shadow: shadow.clone(),
-                outcome,
-            })
+    pub fn mirror_counter(
+        &self,
+        route: &Arc<str>,
+        shadow: &Arc<str>,
+        outcome: MirrorOutcome,
+    ) -> Counter {
+        self.mirror.get_or_create_owned(&MirrorLabels {
+            route: route.clone(),
+            shadow: shadow.clone(),
+            outcome,
+        })
     }
 
     pub fn shadow_gauge(family: &Family<ShadowLabels, Gauge>, shadow: &Arc<str>) -> Gauge {

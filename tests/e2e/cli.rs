@@ -1,0 +1,166 @@
+//! The binary itself: `check` errors, `serve` flags, SIGTERM.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirrorctl");
+
+fn write_tmp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mirrorctl-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let p = dir.join(name);
+    std::fs::File::create(&p)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write");
+    p
+}
+
+fn check(path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run mirrorctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = "\
+listeners: [127.0.0.1:8080]
+services:
+  - name: v1
+    endpoints: [127.0.0.1:9001]
+  - name: v2
+    endpoints: [{address: 127.0.0.1:9002}]
+routes:
+  - name: default
+    route: [{destination: v1}]
+    mirrors: [{destination: v2, percent: 10}]
+";
+
+#[test]
+fn check_accepts_a_good_config() {
+    let p = write_tmp("good.yaml", GOOD);
+    let (code, out, err) = check(&p);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok (2 services, 1 routes, 1 mirrors)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_names_file_line_column_and_field() {
+    let cases = [
+        (
+            "unknown-service.yaml",
+            GOOD.replace("destination: v2", "destination: v3"),
+            ":10:29: routes[0].mirrors[0].destination: unknown service `v3` (services: v1, v2)",
+        ),
+        (
+            "percent.yaml",
+            GOOD.replace("percent: 10", "percent: 120"),
+            ":10:42: routes[0].mirrors[0].percent: 120 is not a percentage between 0 and 100",
+        ),
+        (
+            "typo.yaml",
+            GOOD.replace("    route:", "    rute:"),
+            ":9:5: unknown field `rute`",
+        ),
+        (
+            "port.yaml",
+            GOOD.replace("[127.0.0.1:9001]", "[127.0.0.1]"),
+            ":4:17: services[0].endpoints[0]: `127.0.0.1` has no port",
+        ),
+        (
+            "syntax.yaml",
+            "services: [\n".to_owned(),
+            ":1:11: unclosed bracket",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let p = write_tmp(name, &text);
+        let (code, _, err) = check(&p);
+        assert_eq!(code, 1, "{name}: {err}");
+        let expected = format!("{}{want}", p.display());
+        assert!(
+            err.starts_with(&expected),
+            "{name}:\n got: {err}\nwant: {expected}"
+        );
+    }
+}
+
+#[test]
+fn serve_rejects_bad_flags_with_the_flag_name() {
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--primary",
+            "http://127.0.0.1:1",
+            "--mirror-percent",
+            "101",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--mirror-percent: 101 is not between 0 and 100"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--primary",
+            "http://127.0.0.1:9",
+            "--access-log",
+            "off",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until it logs that it serves (bounded).
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("serving line");
+    assert!(line.contains("serving"), "{line}");
+    let pid = child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            assert!(st.success(), "{st:?}");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("mirrorctl did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: real sockets on 127.0.0.1, in-process upstreams on port 0.
+
+mod support;
+
+mod cli;
+mod mirror;
+mod primary;

@@ -15,10 +15,19 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::State;
+use arc_swap::ArcSwap;
+
+use crate::routing::Table;
+use crate::telemetry::Metrics;
 use crate::telemetry::MirrorOutcome;
 
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+/// What the admin listener reads.
+pub struct AdminState {
+    pub table: Arc<ArcSwap<Table>>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -46,7 +55,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
 }
 
 /// Route one admin request. Pure apart from reading `state`: testable without a socket.
-pub fn handle<B>(state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
+pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
@@ -104,7 +113,7 @@ pub struct MirrorStatus {
     pub dropped: u64,
 }
 
-pub fn status(state: &State) -> StatusDoc {
+pub fn status(state: &AdminState) -> StatusDoc {
     let table = state.table.load();
     StatusDoc {
         routes: table

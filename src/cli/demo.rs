@@ -73,7 +73,7 @@ async fn upstream(name: &'static str) -> std::io::Result<SocketAddr> {
 
 pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing();
-    let runtime = super::runtime(None)?;
+    let runtime = super::runtime()?;
     runtime.block_on(async move {
         let v1 = upstream("v1").await?;
         let v2 = upstream("v2").await?;

@@ -10,7 +10,7 @@ use crate::telemetry::Metrics;
 pub struct ServeArgs {
     #[command(flatten)]
     pub flags: ServeFlags,
-    /// Worker threads (default: one per core).
+    /// Worker threads, each with its own accept socket and upstream pools (default: one per core).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 }
@@ -19,14 +19,22 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing();
     let metrics = Arc::new(Metrics::new());
     let rt_cfg = match flags::load(&a.flags, &metrics) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            if let Some(w) = a.workers {
+                r.workers = w.max(1);
+            }
+            r
+        }
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::from(1));
         }
     };
-    let runtime = super::runtime(a.workers)?;
+    // The control plane (signals, admin) runs here; requests run on the proxy's workers.
+    let runtime = super::runtime()?;
     runtime.block_on(async move {
+        // Handlers first: a signal that arrives once we say "serving" must stop us gracefully.
+        let signals = Signals::install()?;
         let running = crate::proxy::start(rt_cfg, metrics).await?;
         for a in &running.listen_addrs {
             tracing::info!(listen = %a, "serving");
@@ -34,7 +42,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(a) = running.admin_addr {
             tracing::info!(admin = %a, "admin listening");
         }
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -42,13 +50,24 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
 }

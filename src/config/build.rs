@@ -152,6 +152,7 @@ pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, 
         access_log,
         connect_timeout,
         shutdown_timeout,
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         table: Table { services, routes },
     })
 }
@@ -446,7 +447,7 @@ fn route(
             &mirrors,
         )?);
     }
-    Ok(Route::new(name, matches, destinations, mirrors))
+    Ok(Route::new(name, matches, destinations, mirrors, metrics))
 }
 
 #[allow(clippy::too_many_arguments)]

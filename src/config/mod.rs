@@ -28,6 +28,8 @@ pub struct Runtime {
     pub access_log: Sink,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Worker threads, each with its own accept socket and upstream pools.
+    pub workers: usize,
     pub table: Table,
 }
 

@@ -31,6 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::routing::Service;
+use crate::telemetry::metrics::TargetStats;
 use crate::telemetry::{AccessLog, Entry, Metrics, MirrorOutcome};
 
 /// Marks a mirrored request, with the shadow's name as value.
@@ -130,6 +131,8 @@ fn split_port(h: &str) -> (&str, &str) {
 #[derive(Debug)]
 pub struct MirrorCounters {
     by_outcome: [Counter; 10],
+    /// The shadow's responses on this route.
+    pub stats: TargetStats,
 }
 
 const OUTCOMES: [MirrorOutcome; 10] = [
@@ -149,6 +152,7 @@ impl MirrorCounters {
     pub fn new(metrics: &Metrics, route: &Arc<str>, shadow: &Arc<str>) -> MirrorCounters {
         MirrorCounters {
             by_outcome: OUTCOMES.map(|o| metrics.mirror_counter(route, shadow, o)),
+            stats: metrics.target_stats(route, shadow),
         }
     }
 
@@ -229,7 +233,6 @@ pub struct MirrorRequest {
 #[derive(Debug, Clone)]
 pub struct MirrorContext {
     pub client: ShadowClient,
-    pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
 }
 
@@ -269,7 +272,7 @@ impl Ticket {
         counters.inc(MirrorOutcome::sent);
         shadow.in_flight.inc();
         tokio::spawn(async move {
-            let outcome = send(&shadow, &ctx, &req, body).await;
+            let outcome = send(&shadow, &counters, &ctx, &req, body).await;
             shadow.in_flight.dec();
             drop(permit);
             let outcome = match outcome {
@@ -302,6 +305,7 @@ impl Drop for Ticket {
 
 async fn send(
     shadow: &Shadow,
+    counters: &MirrorCounters,
     ctx: &MirrorContext,
     req: &MirrorRequest,
     body: Bytes,
@@ -310,7 +314,7 @@ async fn send(
     // Latency is to the response head, as on the primary path, so the two compare.
     let log = |status: Option<u16>, upstream: &str, error: Option<&str>, elapsed: Duration| {
         if let Some(st) = status {
-            ctx.metrics.observe(&req.route, &shadow.name, st, elapsed);
+            counters.stats.observe(st, elapsed);
         }
         if ctx.access_log.enabled() {
             ctx.access_log.log(&Entry {

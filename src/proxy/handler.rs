@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
-use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -52,14 +52,21 @@ pub async fn handle(
     resp
 }
 
-/// What the access log needs when the request fails before or at the primary.
-#[derive(Default)]
+/// What the access log needs, gathered as the request goes; cheap clones only (no allocation).
 struct LogCtx {
     request_id: Option<HeaderValue>,
     route: Option<Arc<str>>,
-    method: String,
-    path: String,
-    upstream: String,
+    method: Method,
+    path: PathAndQuery,
+    upstream: Option<Authority>,
+}
+
+impl LogCtx {
+    fn upstream(&self) -> String {
+        self.upstream
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string())
+    }
 }
 
 async fn forward(
@@ -69,14 +76,17 @@ async fn forward(
     start: Instant,
 ) -> Result<Response<ProxyBody>, (ProxyError, LogCtx)> {
     let (mut parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut ctx = LogCtx {
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default(),
-        ..LogCtx::default()
+        request_id: None,
+        route: None,
+        method: parts.method.clone(),
+        path: path_and_query.clone(),
+        upstream: None,
     };
     if let Err(why) = headers::check_request(&parts) {
         return Err((ProxyError::BadRequest(why), ctx));
@@ -92,24 +102,19 @@ async fn forward(
     // Route. The table is loaded once: the request finishes on the table it started with.
     let table = state.table.load();
     let Some(route) = table.select(&parts) else {
-        return Err((ProxyError::NoRoute(ctx.path.clone()), ctx));
+        return Err((ProxyError::NoRoute(ctx.path.to_string()), ctx));
     };
     ctx.route = Some(route.name.clone());
     let Some(dest) = route.pick_destination() else {
-        return Err((ProxyError::NoRoute(ctx.path.clone()), ctx));
+        return Err((ProxyError::NoRoute(ctx.path.to_string()), ctx));
     };
     let service = dest.service.clone();
     let Some(endpoint) = service.pick_endpoint() else {
         return Err((ProxyError::NoEndpoint(service.name.clone()), ctx));
     };
-    ctx.upstream = endpoint.authority.to_string();
+    ctx.upstream = Some(endpoint.authority.clone());
 
     // Admit mirrors: synchronous, atomics only.
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let declared_len = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -183,12 +188,12 @@ async fn forward(
             let reason = error_chain(&e);
             let err = if e.is_connect() {
                 ProxyError::Connect {
-                    upstream: ctx.upstream.clone(),
+                    upstream: ctx.upstream(),
                     reason,
                 }
             } else {
                 ProxyError::Upstream {
-                    upstream: ctx.upstream.clone(),
+                    upstream: ctx.upstream(),
                     reason,
                 }
             };
@@ -196,7 +201,7 @@ async fn forward(
         }
         Err(_) => {
             let err = ProxyError::Timeout {
-                upstream: ctx.upstream.clone(),
+                upstream: ctx.upstream(),
                 after_ms: timeout.as_millis(),
             };
             return Err((err, ctx));
@@ -204,9 +209,7 @@ async fn forward(
     };
     headers::strip_hop_by_hop(resp.headers_mut());
     let status = resp.status().as_u16();
-    state
-        .metrics
-        .observe(&route.name, &state.primary_label, status, start.elapsed());
+    route.primary_stats.observe(status, start.elapsed());
     log_primary(state, &ctx, Some(status), start, None);
     Ok(resp.map(Either::Left))
 }
@@ -230,13 +233,9 @@ fn log_primary(
             .unwrap_or("-"),
         route: ctx.route.as_deref().unwrap_or("-"),
         target: PRIMARY,
-        method: &ctx.method,
-        path: &ctx.path,
-        upstream: if ctx.upstream.is_empty() {
-            "-"
-        } else {
-            &ctx.upstream
-        },
+        method: ctx.method.as_str(),
+        path: ctx.path.as_str(),
+        upstream: ctx.upstream.as_ref().map_or("-", |a| a.as_str()),
         status,
         duration: start.elapsed(),
         error,

@@ -81,28 +81,40 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
 
 /// A random (version 4) UUID in its usual text form.
 pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let hi = (fastrand::u64(..) & !0xf000) | 0x4000; // version 4
     let lo = (fastrand::u64(..) & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("-"))
+    let mut out = [b'-'; 36];
+    let mut nibbles = (0..16)
+        .rev()
+        .map(|i| (hi >> (i * 4)) & 0xf)
+        .chain((0..16).rev().map(|i| (lo >> (i * 4)) & 0xf));
+    for (i, byte) in out.iter_mut().enumerate() {
+        if !matches!(i, 8 | 13 | 18 | 23) {
+            *byte = HEX[nibbles.next().unwrap_or(0) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Append the client's address to `x-forwarded-for`; set `x-forwarded-proto` if absent.
 pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    let ip = client.to_string();
-    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    use std::io::Write as _;
+    // Formatted on the stack: one allocation (the header value) per request.
+    let mut buf = [0u8; 512];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let ok = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => write!(w, "{prev}, {client}"),
+        _ => write!(w, "{client}"),
+    };
+    let n = w.position() as usize;
+    // An over-long chain is replaced by the client's address alone.
+    let value = match ok {
+        Ok(()) => HeaderValue::from_bytes(&buf[..n]),
+        Err(_) => HeaderValue::from_str(&client.to_string()),
     };
     // Several x-forwarded-for lines are folded into one list.
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = value {
         h.insert(X_FORWARDED_FOR, v);
     }
     if !h.contains_key(X_FORWARDED_PROTO) {

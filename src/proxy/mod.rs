@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Runtime;
@@ -38,23 +38,25 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// The primary's pooled client; request bodies stream through the mirror tee.
 pub type PrimaryClient = Client<HttpConnector, TeeBody<Incoming>>;
 
-/// Everything a request reads. The table is swapped whole; the rest lives as long as the process.
+/// Everything a request reads. One per worker thread (its own upstream pools); the table,
+/// metrics and access log are shared by all workers.
 pub struct State {
-    pub table: ArcSwap<Table>,
+    pub table: Arc<ArcSwap<Table>>,
     pub client: PrimaryClient,
     pub mirror: MirrorContext,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
-    primary_label: Arc<str>,
 }
 
 /// A started proxy.
 pub struct Running {
     pub listen_addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
-    pub state: Arc<State>,
+    pub table: Arc<ArcSwap<Table>>,
+    pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    workers: Vec<oneshot::Receiver<()>>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -74,74 +76,151 @@ fn client_builder() -> hyper_util::client::legacy::Builder {
     b
 }
 
+/// A listening socket that several workers can each bind (the kernel spreads connections).
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
 /// Bind every listener, then serve until [`Running::shutdown`].
+///
+/// Thread per core: each of `rt.workers` threads runs a single-threaded runtime with its own
+/// accept socket (SO_REUSEPORT) and its own primary and shadow pools, so a request and the
+/// connections it uses never cross threads. The admin listener runs on the caller's runtime.
 pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Running> {
     let access_log = AccessLog::start(&rt.access_log, metrics.access_log_dropped.clone())?;
-    let client = client_builder().build(connector(rt.connect_timeout));
-    let shadow_client = client_builder().build(connector(rt.connect_timeout));
-    let state = Arc::new(State {
-        table: ArcSwap::from_pointee(rt.table),
-        client,
-        mirror: MirrorContext {
-            client: shadow_client,
-            metrics: metrics.clone(),
-            access_log: access_log.clone(),
-        },
-        metrics,
-        access_log,
-        primary_label: "primary".into(),
-    });
+    let table = Arc::new(ArcSwap::from_pointee(rt.table));
+    let workers = rt.workers.max(1);
 
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut listen_addrs = Vec::new();
     for addr in &rt.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        listen_addrs.push(l.local_addr()?);
-        tasks.spawn(server::serve(
-            l,
-            state.clone(),
-            stop_rx.clone(),
-            rt.shutdown_timeout,
-        ));
+        let ctx = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        };
+        let first = bind_reuseport(*addr).map_err(ctx)?;
+        let actual = first.local_addr()?;
+        listen_addrs.push(actual);
+        sockets[0].push(first);
+        for w in sockets.iter_mut().skip(1) {
+            w.push(bind_reuseport(actual).map_err(ctx)?);
+        }
     }
-    let admin_addr = match rt.admin {
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut done = Vec::new();
+    for (i, listeners) in sockets.into_iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        done.push(rx);
+        let table = table.clone();
+        let metrics = metrics.clone();
+        let access_log = access_log.clone();
+        let stop_rx = stop_rx.clone();
+        let connect_timeout = rt.connect_timeout;
+        let shutdown_timeout = rt.shutdown_timeout;
+        std::thread::Builder::new()
+            .name(format!("mirrorctl-worker-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker runtime failed to start");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let state = Arc::new(State {
+                        table,
+                        client: client_builder().build(connector(connect_timeout)),
+                        mirror: MirrorContext {
+                            client: client_builder().build(connector(connect_timeout)),
+                            access_log: access_log.clone(),
+                        },
+                        metrics,
+                        access_log,
+                    });
+                    let mut set = JoinSet::new();
+                    for l in listeners {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => {
+                                set.spawn(server::serve(
+                                    l,
+                                    state.clone(),
+                                    stop_rx.clone(),
+                                    shutdown_timeout,
+                                ));
+                            }
+                            Err(e) => tracing::error!(error = %e, "listener setup failed"),
+                        }
+                    }
+                    while set.join_next().await.is_some() {}
+                });
+                // Mirrors still in flight end with the runtime: they never hold up a shutdown.
+                drop(runtime);
+                let _ = tx.send(());
+            })?;
+    }
+
+    let (admin_addr, admin_task) = match rt.admin {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
             })?;
             let a = l.local_addr()?;
-            tasks.spawn(crate::admin::serve(l, state.clone(), stop_rx.clone()));
-            Some(a)
+            let admin = crate::admin::AdminState {
+                table: table.clone(),
+                metrics: metrics.clone(),
+            };
+            (
+                Some(a),
+                Some(tokio::spawn(crate::admin::serve(
+                    l,
+                    Arc::new(admin),
+                    stop_rx.clone(),
+                ))),
+            )
         }
-        None => None,
+        None => (None, None),
     };
     Ok(Running {
         listen_addrs,
         admin_addr,
-        state,
+        table,
+        metrics,
         stop,
-        tasks,
+        workers: done,
+        admin_task,
         shutdown_timeout: rt.shutdown_timeout,
     })
 }
 
 impl Running {
     /// Stop accepting, let in-flight requests finish (up to the shutdown timeout), return.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let deadline = self.shutdown_timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(deadline, async {
-            while self.tasks.join_next().await.is_some() {}
+            for w in self.workers {
+                let _ = w.await;
+            }
         })
         .await;
-        self.tasks.abort_all();
+        if let Some(t) = self.admin_task {
+            t.abort();
+        }
     }
 
     /// Replace the routing table; requests already routed finish on the old one.
     pub fn swap_table(&self, table: Table) {
-        self.state.table.store(Arc::new(table));
+        self.table.store(Arc::new(table));
     }
 }

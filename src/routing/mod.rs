@@ -19,6 +19,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 
 pub use crate::mirror::{MirrorPolicy, Sampler};
+use crate::telemetry::metrics::TargetStats;
 
 /// One validated, immutable routing table.
 #[derive(Debug)]
@@ -53,6 +54,8 @@ pub struct Route {
     pub matches: Vec<MatchBlock>,
     pub destinations: Vec<WeightedDestination>,
     pub mirrors: Vec<MirrorPolicy>,
+    /// Metrics of this route's primary responses.
+    pub primary_stats: Arc<TargetStats>,
     total_weight: u32,
 }
 
@@ -92,10 +95,13 @@ impl Route {
         matches: Vec<MatchBlock>,
         destinations: Vec<WeightedDestination>,
         mirrors: Vec<MirrorPolicy>,
+        metrics: &crate::telemetry::Metrics,
     ) -> Route {
         let total_weight = destinations.iter().map(|d| d.weight).sum();
+        let name: Arc<str> = name.into();
         Route {
-            name: name.into(),
+            primary_stats: Arc::new(metrics.target_stats(&name, &"primary".into())),
+            name,
             matches,
             destinations,
             mirrors,
@@ -178,6 +184,7 @@ mod tests {
                 weight: 1,
             }],
             vec![],
+            &crate::telemetry::Metrics::new(),
         );
         let all = Route::new(
             "default",
@@ -187,6 +194,7 @@ mod tests {
                 weight: 1,
             }],
             vec![],
+            &crate::telemetry::Metrics::new(),
         );
         let t = Table {
             services: vec![a, b],
@@ -212,6 +220,7 @@ mod tests {
                 },
             ],
             vec![],
+            &crate::telemetry::Metrics::new(),
         );
         assert_eq!(r.pick_weighted(0).expect("d").service.name, "v1");
         assert_eq!(r.pick_weighted(89).expect("d").service.name, "v1");

@@ -158,23 +158,6 @@ impl Metrics {
         }
     }
 
-    /// Record one upstream response (primary or shadow).
-    pub fn observe(&self, route: &Arc<str>, target: &Arc<str>, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                target: target.clone(),
-                status,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&LatencyLabels {
-                route: route.clone(),
-                target: target.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-    }
-
     /// A handle to one mirror-outcome counter, to keep on the hot path.
     pub fn mirror_counter(
         &self,
@@ -201,5 +184,50 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The series of one (route, target) pair, resolved once when a table is built so that a
+/// request touches no map and no label hashing: the histogram directly, the status counter
+/// through a lock-free slot per status code.
+#[derive(Debug)]
+pub struct TargetStats {
+    route: Arc<str>,
+    target: Arc<str>,
+    latency: Histogram,
+    requests: Family<RequestLabels, Counter>,
+    by_status: Box<[std::sync::OnceLock<Counter>]>,
+}
+
+impl TargetStats {
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        self.latency.observe(elapsed.as_secs_f64());
+        let labels = || RequestLabels {
+            route: self.route.clone(),
+            target: self.target.clone(),
+            status,
+        };
+        match self.by_status.get(usize::from(status)) {
+            Some(slot) => slot
+                .get_or_init(|| self.requests.get_or_create_owned(&labels()))
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
+    }
+}
+
+impl Metrics {
+    pub fn target_stats(&self, route: &Arc<str>, target: &Arc<str>) -> TargetStats {
+        TargetStats {
+            route: route.clone(),
+            target: target.clone(),
+            latency: self.latency.get_or_create_owned(&LatencyLabels {
+                route: route.clone(),
+                target: target.clone(),
+            }),
+            requests: self.requests.clone(),
+            // One slot per code up to 599; rarer codes take the map.
+            by_status: (0..600).map(|_| std::sync::OnceLock::new()).collect(),
+        }
     }
 }

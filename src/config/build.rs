@@ -261,6 +261,10 @@ fn shadow_settings(
         s.max_body_bytes = parse_size(&v.value)
             .map_err(|m| cx.err(&v.referenced, &format!("{field}.max_body"), m))?;
     }
+    if let Some(v) = &f.max_buffered {
+        s.max_buffered_bytes = parse_size(&v.value)
+            .map_err(|m| cx.err(&v.referenced, &format!("{field}.max_buffered"), m))?;
+    }
     if let Some(ms) = &f.methods {
         let mut methods = Vec::new();
         for (i, m) in ms.iter().enumerate() {

@@ -58,6 +58,9 @@ pub struct ServeFlags {
     /// Largest mirrored request body (default 1MiB).
     #[arg(long, value_name = "SIZE")]
     pub mirror_max_body: Option<String>,
+    /// Body bytes held for copies in flight per shadow (default 8MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub mirror_max_buffered: Option<String>,
     /// Mirror only these methods, comma-separated (e.g. GET,HEAD).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub mirror_methods: Vec<String>,
@@ -119,6 +122,7 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
         max_in_flight: f.mirror_max_in_flight.map(s),
         timeout: f.mirror_timeout.clone().map(s),
         max_body: f.mirror_max_body.clone().map(s),
+        max_buffered: f.mirror_max_buffered.clone().map(s),
         methods: (!f.mirror_methods.is_empty()).then(|| {
             f.mirror_methods
                 .iter()
@@ -190,6 +194,7 @@ fn flagify(msg: &str) -> String {
     const MAP: &[(&str, &str)] = &[
         ("mirror_defaults.timeout", "--mirror-timeout"),
         ("mirror_defaults.max_body", "--mirror-max-body"),
+        ("mirror_defaults.max_buffered", "--mirror-max-buffered"),
         ("mirror_defaults.max_in_flight", "--mirror-max-in-flight"),
         ("mirror_defaults.methods", "--mirror-methods"),
         ("timeouts.connect", "--connect-timeout"),

@@ -14,16 +14,15 @@ mod tee;
 
 pub use breaker::{Admit, Breaker};
 pub use sample::Sampler;
-pub use tee::{PendingMirror, TeeBody};
+pub use tee::{ChunksBody, MirrorBody, PendingMirror, TeeBody};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use prometheus_client::metrics::counter::Counter;
@@ -38,7 +37,7 @@ use crate::telemetry::{AccessLog, Entry, Metrics, MirrorOutcome};
 pub const MIRROR_HEADER: HeaderName = HeaderName::from_static("x-mirrorctl-shadow");
 
 /// The client mirrored requests go through: a pool of its own, apart from the primary's.
-pub type ShadowClient = Client<HttpConnector, Full<Bytes>>;
+pub type ShadowClient = Client<HttpConnector, ChunksBody>;
 
 /// How a shadow is treated; the defaults follow Envoy/Istio where they have one.
 #[derive(Debug, Clone)]
@@ -49,6 +48,9 @@ pub struct ShadowSettings {
     pub timeout: Duration,
     /// Request bodies larger than this are not mirrored (`body_too_large`).
     pub max_body_bytes: u64,
+    /// Request-body bytes held for this shadow's copies in flight, at most; a copy that would
+    /// exceed it is dropped (`overload`). Bounds memory whatever the in-flight count.
+    pub max_buffered_bytes: u64,
     /// Only these methods are mirrored; `None` = all.
     pub methods: Option<Vec<Method>>,
     /// Appended to the host part of `Host`/`:authority` (`-shadow`); `None` = unchanged.
@@ -65,6 +67,7 @@ impl Default for ShadowSettings {
             max_in_flight: 256,
             timeout: Duration::from_secs(5),
             max_body_bytes: 1024 * 1024,
+            max_buffered_bytes: 8 * 1024 * 1024,
             methods: None,
             host_suffix: Some("-shadow".into()),
             breaker_failures: 5,
@@ -81,6 +84,8 @@ pub struct Shadow {
     pub settings: ShadowSettings,
     pub breaker: Breaker,
     limiter: Arc<Semaphore>,
+    /// In KiB: one permit per KiB of body held.
+    buffered: Arc<Semaphore>,
     in_flight: Gauge,
     circuit_open: Gauge,
 }
@@ -91,6 +96,9 @@ impl Shadow {
         Shadow {
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
             limiter: Arc::new(Semaphore::new(settings.max_in_flight)),
+            buffered: Arc::new(Semaphore::new(
+                kib(settings.max_buffered_bytes).min(Semaphore::MAX_PERMITS as u64) as usize,
+            )),
             in_flight: Metrics::shadow_gauge(&metrics.shadow_in_flight, &name),
             circuit_open: Metrics::shadow_gauge(&metrics.shadow_circuit_open, &name),
             name,
@@ -115,6 +123,10 @@ impl Shadow {
         let (name, port) = split_port(h);
         HeaderValue::from_str(&format!("{name}{suffix}{port}")).unwrap_or_else(|_| host.clone())
     }
+}
+
+fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024)
 }
 
 /// Split `host:port` into (`host`, `:port`); IPv6 literals keep their brackets.
@@ -263,7 +275,15 @@ impl Ticket {
     }
 
     /// Send the copy on a task of its own. Returns at once.
-    pub fn fire(mut self, ctx: &MirrorContext, req: Arc<MirrorRequest>, body: Bytes) {
+    pub fn fire(mut self, ctx: &MirrorContext, req: Arc<MirrorRequest>, body: MirrorBody) {
+        let held = match u32::try_from(kib(body.len())) {
+            Ok(0) => None,
+            Ok(n) => match self.shadow.buffered.clone().try_acquire_many_owned(n) {
+                Ok(p) => Some(p),
+                Err(_) => return self.abandon(MirrorOutcome::overload),
+            },
+            Err(_) => return self.abandon(MirrorOutcome::body_too_large),
+        };
         let permit = self.permit.take();
         let probe = std::mem::take(&mut self.probe);
         let shadow = self.shadow.clone();
@@ -275,6 +295,7 @@ impl Ticket {
             let outcome = send(&shadow, &counters, &ctx, &req, body).await;
             shadow.in_flight.dec();
             drop(permit);
+            drop(held);
             let outcome = match outcome {
                 Ok(()) => {
                     shadow.breaker.on_success(probe);
@@ -308,7 +329,7 @@ async fn send(
     counters: &MirrorCounters,
     ctx: &MirrorContext,
     req: &MirrorRequest,
-    body: Bytes,
+    body: MirrorBody,
 ) -> Result<(), MirrorOutcome> {
     let start = Instant::now();
     // Latency is to the response head, as on the primary path, so the two compare.
@@ -350,7 +371,7 @@ async fn send(
         );
         return Err(MirrorOutcome::failed);
     };
-    let mut r = Request::new(Full::new(body));
+    let mut r = Request::new(body.reader());
     *r.method_mut() = req.method.clone();
     *r.uri_mut() = uri;
     *r.headers_mut() = req.headers.clone();

@@ -1,7 +1,8 @@
 //! The request-body tee: the client's body streams to the primary untouched while the
 //! mirror keeps a reference to each chunk (`Bytes` clones, no copy), up to the body cap.
 //!
-//! The copies are sent when the body has ended, so a shadow never sees a half body: past the
+//! The copies are sent when the body has ended, as the same chunks (shared by every shadow,
+//! never concatenated), so a shadow never sees a half body: past the
 //! cap the kept chunks are released and the copies are abandoned as `body_too_large`; a body
 //! that errors or is dropped early abandons them as `body_incomplete`. Nothing here can delay,
 //! fail or alter what the primary receives.
@@ -10,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -76,17 +77,7 @@ impl Tee {
     }
 
     fn finish(self) {
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut b = BytesMut::with_capacity(self.len as usize);
-                for c in &self.chunks {
-                    b.extend_from_slice(c);
-                }
-                b.freeze()
-            }
-        };
+        let body = MirrorBody::new(self.chunks);
         let PendingMirror {
             ctx,
             request,
@@ -147,5 +138,104 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A complete request body kept for the mirrors: the client's chunks, shared (not copied)
+/// by every shadow it goes to.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorBody {
+    chunks: Arc<[Bytes]>,
+    len: u64,
+}
+
+impl MirrorBody {
+    pub fn new(chunks: Vec<Bytes>) -> MirrorBody {
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        MirrorBody {
+            chunks: chunks.into(),
+            len,
+        }
+    }
+
+    pub fn empty() -> MirrorBody {
+        MirrorBody::default()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A fresh reader over the chunks, for one shadow request.
+    pub fn reader(&self) -> ChunksBody {
+        ChunksBody {
+            chunks: self.chunks.clone(),
+            next: 0,
+            remaining: self.len,
+        }
+    }
+}
+
+/// The body of one mirrored request: the chunks in order, with an exact length (so the shadow
+/// gets a `content-length` even when the client sent chunked).
+#[derive(Debug)]
+pub struct ChunksBody {
+    chunks: Arc<[Bytes]>,
+    next: usize,
+    remaining: u64,
+}
+
+impl Body for ChunksBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let Some(chunk) = self.chunks.get(self.next).cloned() else {
+            return Poll::Ready(None);
+        };
+        self.next += 1;
+        self.remaining -= chunk.len() as u64;
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn chunks_body_replays_every_chunk_with_an_exact_length() {
+        let b = MirrorBody::new(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")]);
+        let r = b.reader();
+        assert_eq!(r.size_hint().exact(), Some(5));
+        let all = r.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        assert_eq!(&all[..], b"abcde");
+        // A second reader is independent.
+        assert_eq!(
+            b.reader()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default()
+                .len(),
+            5
+        );
+        assert!(MirrorBody::empty().reader().is_end_stream());
     }
 }

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Uri, Version};
@@ -23,7 +22,7 @@ use hyper::body::Incoming;
 use super::error::{error_chain, ProxyError};
 use super::headers;
 use super::{ProxyBody, State};
-use crate::mirror::{MirrorRequest, PendingMirror, TeeBody};
+use crate::mirror::{MirrorBody, MirrorRequest, PendingMirror, TeeBody};
 use crate::telemetry::Entry;
 
 const PRIMARY: &str = "primary";
@@ -141,7 +140,7 @@ async fn forward(
         });
         if body.is_end_stream() {
             for t in tickets {
-                t.fire(&state.mirror, request.clone(), Bytes::new());
+                t.fire(&state.mirror, request.clone(), MirrorBody::empty());
             }
             TeeBody::passthrough(body)
         } else {

@@ -415,3 +415,36 @@ async fn metrics_expose_routes_targets_and_outcomes() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn buffered_bytes_budget_bounds_copies_in_flight() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let shadow = Upstream::start(Behavior::Hold(gate.clone())).await;
+    let mut f = flags(&primary.url(), &[shadow.url()]);
+    // Room for two 40 KiB bodies, not three.
+    f.mirror_max_buffered = Some("100KiB".into());
+    let proxy = Proxy::start(f).await;
+    let c = client();
+    for i in 0..3 {
+        let req = Request::post(proxy.url(&format!("/p/{i}")))
+            .body(Full::new(Bytes::from(vec![b'x'; 40 * 1024])))
+            .expect("req");
+        assert_eq!(send(&c, req).await.0, 200);
+        if i < 2 {
+            shadow.next().await; // held by the shadow, its bytes still counted
+        }
+    }
+    assert_eq!(proxy.metric(&outcome("sent")).await, 2.0);
+    assert_eq!(proxy.metric(&outcome("overload")).await, 1.0);
+    gate.add_permits(2);
+    proxy.wait_metric(&outcome("succeeded"), |v| v >= 2.0).await;
+    // Released: the next copy fits again.
+    let req = Request::post(proxy.url("/p/again"))
+        .body(Full::new(Bytes::from(vec![b'x'; 40 * 1024])))
+        .expect("req");
+    send(&c, req).await;
+    assert_eq!(shadow.next().await.target, "/p/again");
+    gate.add_permits(1);
+    proxy.stop().await;
+}

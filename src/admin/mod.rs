@@ -117,8 +117,7 @@ pub fn status(state: &AdminState) -> StatusDoc {
     let table = state.table.load();
     StatusDoc {
         routes: table
-            .routes
-            .iter()
+            .routes()
             .map(|r| RouteStatus {
                 name: r.name.to_string(),
                 destinations: r

@@ -1,27 +1,36 @@
-//! `mirrorctl check --config FILE`: validate without serving.
+//! `mirrorctl check --config FILE [--config FILE …]`: validate without serving.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config;
+use crate::config::flags::{self, ServeFlags};
 use crate::telemetry::Metrics;
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    /// Config file to validate.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: PathBuf,
+    /// Config file(s) to validate: one native file, or Istio files.
+    #[arg(long, short = 'c', value_name = "FILE", required = true)]
+    pub config: Vec<PathBuf>,
 }
 
 pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
-    match config::load_file(&a.config, &Metrics::new()) {
-        Ok(rt) => {
-            let mirrors: usize = rt.table.routes.iter().map(|r| r.mirrors.len()).sum();
+    let f = ServeFlags {
+        config: a.config.clone(),
+        ..ServeFlags::default()
+    };
+    let names: Vec<String> = a.config.iter().map(|p| p.display().to_string()).collect();
+    match flags::load_with_warnings(&f, &Metrics::new()) {
+        Ok((rt, warnings)) => {
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            let routes: Vec<_> = rt.table.routes().collect();
+            let mirrors: usize = routes.iter().map(|r| r.mirrors.len()).sum();
             println!(
                 "{}: ok ({} services, {} routes, {} mirrors)",
-                a.config.display(),
+                names.join(", "),
                 rt.table.services.len(),
-                rt.table.routes.len(),
+                routes.len(),
                 mirrors
             );
             Ok(ExitCode::SUCCESS)

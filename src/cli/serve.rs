@@ -18,8 +18,11 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing();
     let metrics = Arc::new(Metrics::new());
-    let rt_cfg = match flags::load(&a.flags, &metrics) {
-        Ok(mut r) => {
+    let rt_cfg = match flags::load_with_warnings(&a.flags, &metrics) {
+        Ok((mut r, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
             if let Some(w) = a.workers {
                 r.workers = w.max(1);
             }

@@ -1,4 +1,6 @@
 //! Validation: file types → [`Runtime`]. Every check reports the field's own location.
+//! [`Builder`] is shared with the Istio importer: services (subsets are services of their
+//! own), shadows (one per service used as a mirror), routes and their metrics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -8,17 +10,15 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::{Method, Uri};
-use serde_saphyr::Location;
 
-use super::native::{
-    DestinationFile, EndpointFile, FileConfig, MatchFile, MirrorFile, RouteFile, ServiceFile,
-    ShadowFile, StringMatchFile, S,
-};
-use super::units::{parse_duration, parse_size};
+use super::common::{self, Ctx, S};
+use super::native::{EndpointFile, FileConfig, MirrorFile, RouteFile, ServiceFile, ShadowFile};
+use super::units::parse_size;
 use super::{ConfigError, Runtime};
 use crate::mirror::{MirrorCounters, MirrorPolicy, Sampler, Shadow, ShadowSettings};
 use crate::routing::{
-    Endpoint, MatchBlock, Route, Service, StringMatch, Table, WeightedDestination,
+    Domain, Endpoint, EndpointSet, LbPolicy, MatchBlock, Route, RouteAction, Sampling, Service,
+    Table, VirtualHost, WeightedDestination,
 };
 use crate::telemetry::{Metrics, Sink};
 
@@ -26,46 +26,121 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Ctx<'a> {
-    source: &'a str,
+/// Collects services, shadows and routes into a [`Table`].
+pub struct Builder<'m> {
+    metrics: &'m Metrics,
+    pub services: Vec<Arc<Service>>,
+    shadow_settings: HashMap<String, ShadowSettings>,
+    shadows: HashMap<String, Arc<Shadow>>,
+    pub warnings: Vec<String>,
 }
 
-impl Ctx<'_> {
-    fn err(&self, loc: &Location, field: &str, msg: impl std::fmt::Display) -> ConfigError {
-        ConfigError::at(self.source, loc, format!("{field}: {msg}"))
+/// A mirror before it is bound to its route's counters.
+pub struct MirrorSpec {
+    pub service: Arc<Service>,
+    pub percent: f64,
+}
+
+impl<'m> Builder<'m> {
+    pub fn new(metrics: &'m Metrics) -> Self {
+        Builder {
+            metrics,
+            services: Vec::new(),
+            shadow_settings: HashMap::new(),
+            shadows: HashMap::new(),
+            warnings: Vec::new(),
+        }
     }
 
-    fn duration(&self, v: &S<String>, field: &str) -> Result<Duration, ConfigError> {
-        parse_duration(&v.value).map_err(|m| self.err(&v.referenced, field, m))
+    pub fn find(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| s.name == name)
     }
 
-    fn addr(&self, v: &S<String>, field: &str) -> Result<SocketAddr, ConfigError> {
-        v.value.trim().parse().map_err(|_| {
-            self.err(
-                &v.referenced,
-                field,
-                format!(
-                    "`{}` is not an IP:port address (e.g. 127.0.0.1:8080)",
-                    v.value
-                ),
-            )
-        })
+    pub fn add(&mut self, service: Service, shadow: ShadowSettings) -> Arc<Service> {
+        let s = Arc::new(service);
+        self.shadow_settings.insert(s.name.clone(), shadow);
+        self.services.push(s.clone());
+        s
+    }
+
+    fn shadow(&mut self, service: &Arc<Service>) -> Arc<Shadow> {
+        let settings = self
+            .shadow_settings
+            .get(&service.name)
+            .cloned()
+            .unwrap_or_default();
+        let metrics = self.metrics;
+        self.shadows
+            .entry(service.name.clone())
+            .or_insert_with(|| Arc::new(Shadow::new(service.clone(), settings, metrics)))
+            .clone()
+    }
+
+    pub fn route(
+        &mut self,
+        name: Arc<str>,
+        matches: Vec<MatchBlock>,
+        destinations: Vec<WeightedDestination>,
+        mirrors: Vec<MirrorSpec>,
+        action: RouteAction,
+    ) -> Route {
+        let mirrors = mirrors
+            .into_iter()
+            .map(|m| {
+                let shadow = self.shadow(&m.service);
+                MirrorPolicy {
+                    counters: Arc::new(MirrorCounters::new(self.metrics, &name, &shadow.name)),
+                    shadow,
+                    sampler: Sampler::from_percent(m.percent),
+                }
+            })
+            .collect();
+        Route::new(name, matches, destinations, mirrors, action, self.metrics)
+    }
+
+    pub fn finish(self, virtual_hosts: Vec<VirtualHost>) -> Table {
+        Table {
+            services: self.services,
+            virtual_hosts,
+        }
     }
 }
 
-pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-    let cx = Ctx { source };
+fn addr(cx: &Ctx, v: &S<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+    v.value.trim().parse().map_err(|_| {
+        cx.err(
+            &v.referenced,
+            field,
+            format!(
+                "`{}` is not an IP:port address (e.g. 127.0.0.1:8080)",
+                v.value
+            ),
+        )
+    })
+}
+
+/// Listener-level settings that both formats share.
+pub struct Common {
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub access_log: Sink,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+fn common_settings(cx: &Ctx, f: &FileConfig) -> Result<Common, ConfigError> {
     let mut listen = Vec::new();
     for (i, l) in f.listeners.iter().enumerate() {
-        listen.push(cx.addr(l, &format!("listeners[{i}]"))?);
+        listen.push(addr(cx, l, &format!("listeners[{i}]"))?);
     }
     if listen.is_empty() {
         return Err(ConfigError::whole(
-            source,
+            cx.source,
             "listeners: at least one listener is needed (or pass --listen)",
         ));
     }
-    let admin = f.admin.as_ref().map(|a| cx.addr(a, "admin")).transpose()?;
+    let admin = f.admin.as_ref().map(|a| addr(cx, a, "admin")).transpose()?;
     let access_log = match &f.access_log {
         None => Sink::Stdout,
         Some(v) => v
@@ -77,67 +152,125 @@ pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, 
     let opt_dur = |v: &Option<S<String>>, field: &str, default: Duration| {
         v.as_ref().map_or(Ok(default), |v| cx.duration(v, field))
     };
-    let connect_timeout = opt_dur(&t.connect, "timeouts.connect", DEFAULT_CONNECT_TIMEOUT)?;
-    let request_timeout = opt_dur(&t.request, "timeouts.request", DEFAULT_REQUEST_TIMEOUT)?;
-    let shutdown_timeout = opt_dur(&t.shutdown, "timeouts.shutdown", DEFAULT_SHUTDOWN_TIMEOUT)?;
+    Ok(Common {
+        listen,
+        admin,
+        access_log,
+        connect_timeout: opt_dur(&t.connect, "timeouts.connect", DEFAULT_CONNECT_TIMEOUT)?,
+        request_timeout: opt_dur(&t.request, "timeouts.request", DEFAULT_REQUEST_TIMEOUT)?,
+        shutdown_timeout: opt_dur(&t.shutdown, "timeouts.shutdown", DEFAULT_SHUTDOWN_TIMEOUT)?,
+    })
+}
 
+pub fn runtime(c: Common, table: Table) -> Runtime {
+    Runtime {
+        listen: c.listen,
+        admin: c.admin,
+        access_log: c.access_log,
+        connect_timeout: c.connect_timeout,
+        shutdown_timeout: c.shutdown_timeout,
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        table,
+    }
+}
+
+/// Validate a native config.
+pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, ConfigError> {
+    let (rt, _warnings) = build_with_warnings(f, source, metrics)?;
+    Ok(rt)
+}
+
+pub fn build_with_warnings(
+    f: FileConfig,
+    source: &str,
+    metrics: &Metrics,
+) -> Result<(Runtime, Vec<String>), ConfigError> {
+    let cx = Ctx {
+        source,
+        line_offset: 0,
+        doc: None,
+    };
+    let common = common_settings(&cx, &f)?;
     let shadow_defaults = shadow_settings(
         &cx,
         &f.mirror_defaults,
         ShadowSettings::default(),
         "mirror_defaults",
     )?;
-
-    // Services.
-    let mut services: Vec<Arc<Service>> = Vec::new();
-    let mut shadow_cfg: HashMap<String, ShadowSettings> = HashMap::new();
+    let mut b = Builder::new(metrics);
+    let mut files: HashMap<String, &ServiceFile> = HashMap::new();
     for (i, s) in f.services.value.iter().enumerate() {
         let field = format!("services[{i}]");
-        if services.iter().any(|x| x.name == s.name.value) {
+        if files.contains_key(&s.name.value) {
             return Err(cx.err(
                 &s.name.referenced,
                 &format!("{field}.name"),
                 format!("service `{}` is defined twice", s.name.value),
             ));
         }
-        services.push(Arc::new(service(&cx, s, &field, request_timeout)?));
         let settings = match &s.shadow {
             Some(sh) => {
                 shadow_settings(&cx, sh, shadow_defaults.clone(), &format!("{field}.shadow"))?
             }
             None => shadow_defaults.clone(),
         };
-        shadow_cfg.insert(s.name.value.clone(), settings);
+        let svc = service(&cx, s, &field, common.request_timeout)?;
+        // Subsets become services of their own, `name/subset`.
+        for (j, sub) in s.subsets.iter().enumerate() {
+            let sf = format!("{field}.subsets[{j}]");
+            let eps: Vec<Endpoint> = svc
+                .endpoints
+                .endpoints
+                .iter()
+                .filter(|e| sub.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .cloned()
+                .collect();
+            if eps.is_empty() {
+                return Err(cx.err(
+                    &sub.name.referenced,
+                    &sf,
+                    format!(
+                        "no endpoint of `{}` has the labels {:?}",
+                        s.name.value, sub.labels
+                    ),
+                ));
+            }
+            let name = format!("{}/{}", s.name.value, sub.name.value);
+            if b.find(&name).is_some() {
+                return Err(cx.err(
+                    &sub.name.referenced,
+                    &format!("{sf}.name"),
+                    format!("subset `{}` is defined twice", sub.name.value),
+                ));
+            }
+            let set = EndpointSet::new(eps, svc.endpoints.lb, svc.endpoints.outlier.clone());
+            b.add(
+                Service::new(name, set, svc.request_timeout),
+                settings.clone(),
+            );
+        }
+        b.add(svc, settings);
+        files.insert(s.name.value.clone(), s);
     }
-    if services.is_empty() {
+    if b.services.is_empty() {
         return Err(cx.err(
             &f.services.referenced,
             "services",
             "at least one service is needed",
         ));
     }
-
-    // Routes.
-    let mut shadows: HashMap<String, Arc<Shadow>> = HashMap::new();
-    let mut routes = Vec::new();
+    let mut routes: Vec<Route> = Vec::new();
     for (i, r) in f.routes.value.iter().enumerate() {
         let field = format!("routes[{i}]");
-        if routes.iter().any(|x: &Route| *x.name == *r.name.value) {
+        if routes.iter().any(|x| *x.name == *r.name.value) {
             return Err(cx.err(
                 &r.name.referenced,
                 &format!("{field}.name"),
                 format!("route `{}` is defined twice", r.name.value),
             ));
         }
-        routes.push(route(
-            &cx,
-            r,
-            &field,
-            &services,
-            &shadow_cfg,
-            &mut shadows,
-            metrics,
-        )?);
+        let route = native_route(&cx, r, &field, &mut b)?;
+        routes.push(route);
     }
     if routes.is_empty() {
         return Err(cx.err(
@@ -146,15 +279,201 @@ pub fn build(f: FileConfig, source: &str, metrics: &Metrics) -> Result<Runtime, 
             "at least one route is needed",
         ));
     }
-    Ok(Runtime {
-        listen,
-        admin,
-        access_log,
-        connect_timeout,
-        shutdown_timeout,
-        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        table: Table { services, routes },
-    })
+    let domains = match &f.hosts {
+        None => vec![Domain::Any],
+        Some(hs) => hs.iter().map(|h| Domain::parse(&h.value)).collect(),
+    };
+    let warnings = std::mem::take(&mut b.warnings);
+    let table = b.finish(vec![VirtualHost {
+        name: "default".into(),
+        domains,
+        routes,
+    }]);
+    Ok((runtime(common, table), warnings))
+}
+
+/// A service reference (`service` or `service` + `subset`) to the built service.
+fn resolve(
+    cx: &Ctx,
+    b: &Builder,
+    name: &S<String>,
+    subset: Option<&S<String>>,
+    field: &str,
+) -> Result<Arc<Service>, ConfigError> {
+    let Some(base) = b.find(&name.value) else {
+        let known: Vec<&str> = b
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !n.contains('/'))
+            .collect();
+        return Err(cx.err(
+            &name.referenced,
+            &format!("{field}.destination"),
+            format!(
+                "unknown service `{}` (services: {})",
+                name.value,
+                known.join(", ")
+            ),
+        ));
+    };
+    match subset {
+        None => Ok(base.clone()),
+        Some(sub) => b
+            .find(&format!("{}/{}", name.value, sub.value))
+            .cloned()
+            .ok_or_else(|| {
+                cx.err(
+                    &sub.referenced,
+                    &format!("{field}.subset"),
+                    format!("service `{}` has no subset `{}`", name.value, sub.value),
+                )
+            }),
+    }
+}
+
+fn native_route(
+    cx: &Ctx,
+    r: &RouteFile,
+    field: &str,
+    b: &mut Builder,
+) -> Result<Route, ConfigError> {
+    let name: Arc<str> = r.name.value.as_str().into();
+    let mut matches = Vec::new();
+    for (i, m) in r.matches.iter().enumerate() {
+        matches.push(common::match_block(
+            cx,
+            m,
+            &format!("{field}.match[{i}]"),
+            &mut b.warnings,
+        )?);
+    }
+    let dests = &r.route.value;
+    if dests.is_empty() {
+        return Err(cx.err(
+            &r.route.referenced,
+            &format!("{field}.route"),
+            "at least one destination is needed",
+        ));
+    }
+    let weighted = dests.iter().filter(|d| d.weight.is_some()).count();
+    if weighted != 0 && weighted != dests.len() {
+        return Err(cx.err(
+            &r.route.referenced,
+            &format!("{field}.route"),
+            "give every destination a weight, or none",
+        ));
+    }
+    let mut destinations = Vec::new();
+    for (i, d) in dests.iter().enumerate() {
+        let f = format!("{field}.route[{i}]");
+        let service = resolve(cx, b, &d.destination, d.subset.as_ref(), &f)?;
+        destinations.push(WeightedDestination {
+            service,
+            weight: d.weight.as_ref().map_or(1, |w| w.value),
+        });
+    }
+    check_weights(
+        cx,
+        &destinations,
+        &r.route.referenced,
+        &format!("{field}.route"),
+    )?;
+    let mut mirrors: Vec<MirrorSpec> = Vec::new();
+    for (i, m) in r.mirrors.iter().enumerate() {
+        let f = format!("{field}.mirrors[{i}]");
+        mirrors.push(native_mirror(cx, m, &f, b, &mirrors)?);
+    }
+    let (request_headers, response_headers) =
+        common::headers(cx, &r.headers, &format!("{field}.headers"))?;
+    let action = RouteAction {
+        request_headers,
+        response_headers,
+        rewrite: common::rewrite(cx, &r.rewrite, &format!("{field}.rewrite"))?,
+        timeout: r
+            .timeout
+            .as_ref()
+            .map(|t| cx.duration(t, &format!("{field}.timeout")))
+            .transpose()?,
+        retries: common::retries(cx, &r.retries, &format!("{field}.retries"))?,
+        sampling: match &r.mirror_sampling {
+            None => Sampling::Random,
+            Some(v) => sampling(&v.value)
+                .map_err(|m| cx.err(&v.referenced, &format!("{field}.mirror_sampling"), m))?,
+        },
+    };
+    Ok(b.route(name, matches, destinations, mirrors, action))
+}
+
+pub fn check_weights(
+    cx: &Ctx,
+    d: &[WeightedDestination],
+    loc: &serde_saphyr::Location,
+    field: &str,
+) -> Result<(), ConfigError> {
+    let sum: u64 = d.iter().map(|d| u64::from(d.weight)).sum();
+    if sum == 0 {
+        return Err(cx.err(loc, field, "the weights add up to 0"));
+    }
+    if sum > u64::from(u32::MAX) {
+        return Err(cx.err(loc, field, "the weights add up to more than 2^32"));
+    }
+    Ok(())
+}
+
+pub fn sampling(s: &str) -> Result<Sampling, String> {
+    match s {
+        "random" => Ok(Sampling::Random),
+        "request_id" | "request-id" => Ok(Sampling::RequestId),
+        _ => match s.strip_prefix("header:") {
+            Some(h) => HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
+                .map(Sampling::Header)
+                .map_err(|_| format!("`{h}` is not a header name")),
+            None => Err(format!("`{s}`: use random, request_id, or header:NAME")),
+        },
+    }
+}
+
+pub fn check_percent(cx: &Ctx, v: &S<f64>, field: &str) -> Result<f64, ConfigError> {
+    if v.value.is_finite() && (0.0..=100.0).contains(&v.value) {
+        Ok(v.value)
+    } else {
+        Err(cx.err(
+            &v.referenced,
+            field,
+            format!("{} is not a percentage between 0 and 100", v.value),
+        ))
+    }
+}
+
+fn native_mirror(
+    cx: &Ctx,
+    m: &MirrorFile,
+    field: &str,
+    b: &Builder,
+    earlier: &[MirrorSpec],
+) -> Result<MirrorSpec, ConfigError> {
+    let service = resolve(cx, b, &m.destination, m.subset.as_ref(), field)?;
+    if earlier.iter().any(|p| p.service.name == service.name) {
+        return Err(cx.err(
+            &m.destination.referenced,
+            &format!("{field}.destination"),
+            format!("`{}` is already a mirror of this route", service.name),
+        ));
+    }
+    let percent = match (&m.percent, &m.percentage) {
+        (Some(_), Some(p)) => {
+            return Err(cx.err(
+                &p.value.referenced,
+                &format!("{field}.percentage"),
+                "give `percent` or `percentage`, not both",
+            ))
+        }
+        (Some(p), None) => check_percent(cx, p, &format!("{field}.percent"))?,
+        (None, Some(p)) => check_percent(cx, &p.value, &format!("{field}.percentage.value"))?,
+        (None, None) => 100.0,
+    };
+    Ok(MirrorSpec { service, percent })
 }
 
 fn service(
@@ -163,11 +482,14 @@ fn service(
     field: &str,
     request_timeout: Duration,
 ) -> Result<Service, ConfigError> {
-    if s.name.value.is_empty() || s.name.value.contains(char::is_whitespace) {
+    if s.name.value.is_empty()
+        || s.name.value.contains(char::is_whitespace)
+        || s.name.value.contains('/')
+    {
         return Err(cx.err(
             &s.name.referenced,
             &format!("{field}.name"),
-            "a name without spaces is needed",
+            "a name without spaces or `/` is needed",
         ));
     }
     if s.endpoints.value.is_empty() {
@@ -185,17 +507,26 @@ fn service(
         };
         let (scheme, authority) = parse_endpoint(addr)
             .map_err(|m| cx.err(&e.referenced, &format!("{field}.endpoints[{j}]"), m))?;
-        endpoints.push(Endpoint {
-            scheme,
-            authority,
-            labels,
-        });
+        endpoints.push(Endpoint::new(scheme, authority, labels));
     }
     let timeout = match &s.request_timeout {
         Some(v) => cx.duration(v, &format!("{field}.request_timeout"))?,
         None => request_timeout,
     };
-    Ok(Service::new(s.name.value.clone(), endpoints, timeout))
+    let lb = match &s.load_balancer {
+        Some(v) => common::lb_policy(cx, v, &format!("{field}.load_balancer"))?,
+        None => LbPolicy::RoundRobin,
+    };
+    let outlier = s
+        .outlier_detection
+        .as_ref()
+        .map(|o| common::outlier(cx, o, &format!("{field}.outlier_detection")))
+        .transpose()?;
+    Ok(Service::new(
+        s.name.value.clone(),
+        EndpointSet::new(endpoints, lb, outlier),
+        timeout,
+    ))
 }
 
 /// `host:port` or `http://host:port` (no path).
@@ -231,7 +562,7 @@ pub fn parse_endpoint(addr: &str) -> Result<(Scheme, Authority), String> {
     Ok((Scheme::HTTP, authority))
 }
 
-fn shadow_settings(
+pub fn shadow_settings(
     cx: &Ctx,
     f: &ShadowFile,
     mut s: ShadowSettings,
@@ -281,7 +612,6 @@ fn shadow_settings(
         s.methods = Some(methods);
     }
     if let Some(v) = &f.host_suffix {
-        s.host_suffix = (!v.value.is_empty()).then(|| v.value.clone());
         if v.value
             .bytes()
             .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
@@ -292,6 +622,7 @@ fn shadow_settings(
                 "only letters, digits, `-` and `.` are allowed",
             ));
         }
+        s.host_suffix = (!v.value.is_empty()).then(|| v.value.clone());
     }
     if let Some(b) = &f.breaker {
         if let Some(v) = &b.consecutive_failures {
@@ -309,201 +640,4 @@ fn shadow_settings(
         }
     }
     Ok(s)
-}
-
-fn string_match(cx: &Ctx, m: &S<StringMatchFile>, field: &str) -> Result<StringMatch, ConfigError> {
-    match (&m.value.exact, &m.value.prefix) {
-        (Some(e), None) => Ok(StringMatch::Exact(e.clone())),
-        (None, Some(p)) => Ok(StringMatch::Prefix(p.clone())),
-        (None, None) => Ok(StringMatch::Present),
-        (Some(_), Some(_)) => Err(cx.err(
-            &m.referenced,
-            field,
-            "give one of `exact` or `prefix`, not both",
-        )),
-    }
-}
-
-fn match_block(cx: &Ctx, m: &MatchFile, field: &str) -> Result<MatchBlock, ConfigError> {
-    let uri = m
-        .uri
-        .as_ref()
-        .map(|u| string_match(cx, u, &format!("{field}.uri")))
-        .transpose()?;
-    let method = m
-        .method
-        .as_ref()
-        .map(|u| string_match(cx, u, &format!("{field}.method")))
-        .transpose()?;
-    let mut headers = Vec::new();
-    for (k, v) in &m.headers {
-        let f = format!("{field}.headers.{k}");
-        if k.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(cx.err(&v.referenced, &f, "header names must be lowercase"));
-        }
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| cx.err(&v.referenced, &f, format!("`{k}` is not a header name")))?;
-        headers.push((name, string_match(cx, v, &f)?));
-    }
-    Ok(MatchBlock {
-        uri,
-        method,
-        headers,
-    })
-}
-
-fn find_service<'a>(
-    cx: &Ctx,
-    services: &'a [Arc<Service>],
-    name: &S<String>,
-    field: &str,
-) -> Result<&'a Arc<Service>, ConfigError> {
-    services
-        .iter()
-        .find(|s| s.name == name.value)
-        .ok_or_else(|| {
-            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-            cx.err(
-                &name.referenced,
-                field,
-                format!(
-                    "unknown service `{}` (services: {})",
-                    name.value,
-                    known.join(", ")
-                ),
-            )
-        })
-}
-
-fn route(
-    cx: &Ctx,
-    r: &RouteFile,
-    field: &str,
-    services: &[Arc<Service>],
-    shadow_cfg: &HashMap<String, ShadowSettings>,
-    shadows: &mut HashMap<String, Arc<Shadow>>,
-    metrics: &Metrics,
-) -> Result<Route, ConfigError> {
-    let name: Arc<str> = r.name.value.as_str().into();
-    let mut matches = Vec::new();
-    for (i, m) in r.matches.iter().enumerate() {
-        matches.push(match_block(cx, m, &format!("{field}.match[{i}]"))?);
-    }
-    let dests: &[DestinationFile] = &r.route.value;
-    if dests.is_empty() {
-        return Err(cx.err(
-            &r.route.referenced,
-            &format!("{field}.route"),
-            "at least one destination is needed",
-        ));
-    }
-    let weighted = dests.iter().filter(|d| d.weight.is_some()).count();
-    if weighted != 0 && weighted != dests.len() {
-        return Err(cx.err(
-            &r.route.referenced,
-            &format!("{field}.route"),
-            "give every destination a weight, or none",
-        ));
-    }
-    let mut destinations = Vec::new();
-    for (i, d) in dests.iter().enumerate() {
-        let f = format!("{field}.route[{i}]");
-        let service =
-            find_service(cx, services, &d.destination, &format!("{f}.destination"))?.clone();
-        let weight = d.weight.as_ref().map_or(1, |w| w.value);
-        destinations.push(WeightedDestination { service, weight });
-    }
-    if destinations
-        .iter()
-        .map(|d| u64::from(d.weight))
-        .sum::<u64>()
-        == 0
-    {
-        return Err(cx.err(
-            &r.route.referenced,
-            &format!("{field}.route"),
-            "the weights add up to 0",
-        ));
-    }
-    if destinations
-        .iter()
-        .map(|d| u64::from(d.weight))
-        .sum::<u64>()
-        > u64::from(u32::MAX)
-    {
-        return Err(cx.err(
-            &r.route.referenced,
-            &format!("{field}.route"),
-            "the weights add up to more than 2^32",
-        ));
-    }
-    let mut mirrors = Vec::new();
-    for (i, m) in r.mirrors.iter().enumerate() {
-        mirrors.push(mirror(
-            cx,
-            m,
-            &format!("{field}.mirrors[{i}]"),
-            &name,
-            services,
-            shadow_cfg,
-            shadows,
-            metrics,
-            &mirrors,
-        )?);
-    }
-    Ok(Route::new(name, matches, destinations, mirrors, metrics))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn mirror(
-    cx: &Ctx,
-    m: &MirrorFile,
-    field: &str,
-    route: &Arc<str>,
-    services: &[Arc<Service>],
-    shadow_cfg: &HashMap<String, ShadowSettings>,
-    shadows: &mut HashMap<String, Arc<Shadow>>,
-    metrics: &Metrics,
-    earlier: &[MirrorPolicy],
-) -> Result<MirrorPolicy, ConfigError> {
-    let service = find_service(
-        cx,
-        services,
-        &m.destination,
-        &format!("{field}.destination"),
-    )?;
-    if earlier
-        .iter()
-        .any(|p| p.shadow.service.name == service.name)
-    {
-        return Err(cx.err(
-            &m.destination.referenced,
-            &format!("{field}.destination"),
-            format!("`{}` is already a mirror of this route", service.name),
-        ));
-    }
-    let percent = match &m.percent {
-        None => 100.0,
-        Some(p) if p.value.is_finite() && (0.0..=100.0).contains(&p.value) => p.value,
-        Some(p) => {
-            return Err(cx.err(
-                &p.referenced,
-                &format!("{field}.percent"),
-                format!("{} is not a percentage between 0 and 100", p.value),
-            ))
-        }
-    };
-    let shadow = shadows
-        .entry(service.name.clone())
-        .or_insert_with(|| {
-            let settings = shadow_cfg.get(&service.name).cloned().unwrap_or_default();
-            Arc::new(Shadow::new(service.clone(), settings, metrics))
-        })
-        .clone();
-    let counters = Arc::new(MirrorCounters::new(metrics, route, &shadow.name));
-    Ok(MirrorPolicy {
-        shadow,
-        sampler: Sampler::from_percent(percent),
-        counters,
-    })
 }

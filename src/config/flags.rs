@@ -8,20 +8,23 @@ use std::path::PathBuf;
 
 use serde_saphyr::{Location, Spanned};
 
+use super::build::{build_with_warnings, shadow_settings, Common};
+use super::common::Ctx;
 use super::native::{
     DestinationFile, EndpointFile, FileConfig, MirrorFile, RouteFile, ServiceFile, ShadowFile,
     TimeoutsFile,
 };
-use super::{build, load_file_config, ConfigError, Runtime};
+use super::{ConfigError, Runtime};
 use crate::telemetry::Metrics;
 
 const SOURCE: &str = "command line";
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServeFlags {
-    /// Native YAML config file.
+    /// Config file: native YAML, or Istio YAML (VirtualService, DestinationRule, ServiceEntry;
+    /// repeatable, several documents per file).
     #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub config: Vec<PathBuf>,
     /// Address to accept client traffic on (repeatable). Default 127.0.0.1:8080.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Vec<String>,
@@ -77,6 +80,24 @@ fn flag_err(flag: &str, msg: impl std::fmt::Display) -> ConfigError {
     ConfigError::whole(SOURCE, format!("{flag}: {msg}"))
 }
 
+/// The `--mirror-*` flags as the file's `mirror_defaults`.
+fn shadow_file(f: &ServeFlags) -> ShadowFile {
+    ShadowFile {
+        max_in_flight: f.mirror_max_in_flight.map(s),
+        timeout: f.mirror_timeout.clone().map(s),
+        max_body: f.mirror_max_body.clone().map(s),
+        max_buffered: f.mirror_max_buffered.clone().map(s),
+        methods: (!f.mirror_methods.is_empty()).then(|| {
+            f.mirror_methods
+                .iter()
+                .map(|m| s(m.trim().to_owned()))
+                .collect()
+        }),
+        host_suffix: f.no_shadow_host_suffix.then(|| s(String::new())),
+        breaker: None,
+    }
+}
+
 /// Turn the quick-form flags into a file config.
 fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
     let primary = f.primary.as_ref().ok_or_else(|| {
@@ -93,12 +114,7 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
             format!("{percent} is not between 0 and 100"),
         ));
     }
-    let mut services = vec![ServiceFile {
-        name: s("primary".into()),
-        endpoints: s(vec![s(EndpointFile::Address(primary.clone()))]),
-        request_timeout: None,
-        shadow: None,
-    }];
+    let mut services = vec![service_file("primary", primary)];
     let mut mirrors = Vec::new();
     for (i, url) in f.shadow.iter().enumerate() {
         super::build::parse_endpoint(url).map_err(|m| flag_err("--shadow", m))?;
@@ -107,31 +123,14 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
         } else {
             format!("shadow-{}", i + 1)
         };
-        services.push(ServiceFile {
-            name: s(name.clone()),
-            endpoints: s(vec![s(EndpointFile::Address(url.clone()))]),
-            request_timeout: None,
-            shadow: None,
-        });
+        services.push(service_file(&name, url));
         mirrors.push(MirrorFile {
             destination: s(name),
+            subset: None,
             percent: Some(s(percent)),
+            percentage: None,
         });
     }
-    let mirror_defaults = ShadowFile {
-        max_in_flight: f.mirror_max_in_flight.map(s),
-        timeout: f.mirror_timeout.clone().map(s),
-        max_body: f.mirror_max_body.clone().map(s),
-        max_buffered: f.mirror_max_buffered.clone().map(s),
-        methods: (!f.mirror_methods.is_empty()).then(|| {
-            f.mirror_methods
-                .iter()
-                .map(|m| s(m.trim().to_owned()))
-                .collect()
-        }),
-        host_suffix: f.no_shadow_host_suffix.then(|| s(String::new())),
-        breaker: None,
-    };
     Ok(FileConfig {
         listeners: Vec::new(),
         admin: None,
@@ -141,37 +140,95 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
             request: f.request_timeout.clone().map(s),
             shutdown: f.shutdown_timeout.clone().map(s),
         },
-        mirror_defaults,
+        mirror_defaults: shadow_file(f),
         services: s(services),
+        hosts: None,
         routes: s(vec![RouteFile {
             name: s("default".into()),
             matches: Vec::new(),
             route: s(vec![DestinationFile {
                 destination: s("primary".into()),
+                subset: None,
                 weight: None,
             }]),
             mirrors,
+            headers: None,
+            rewrite: None,
+            timeout: None,
+            retries: None,
+            mirror_sampling: None,
         }]),
     })
 }
 
-/// Build the runtime from flags: a config file with overrides, or the quick form.
+fn service_file(name: &str, url: &str) -> ServiceFile {
+    ServiceFile {
+        name: s(name.to_owned()),
+        endpoints: s(vec![s(EndpointFile::Address(url.to_owned()))]),
+        request_timeout: None,
+        shadow: None,
+        subsets: Vec::new(),
+        load_balancer: None,
+        outlier_detection: None,
+    }
+}
+
+/// Build the runtime from flags: config files with overrides, or the quick form.
 pub fn load(f: &ServeFlags, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-    let (mut file, source) = match &f.config {
-        Some(path) => {
-            if f.primary.is_some() || !f.shadow.is_empty() || f.mirror_percent.is_some() {
-                return Err(flag_err(
-                    "--config",
-                    "--primary/--shadow/--mirror-percent describe a config of their own; use them or a file, not both",
-                ));
-            }
-            (load_file_config(path)?, path.display().to_string())
+    load_with_warnings(f, metrics).map(|(rt, _)| rt)
+}
+
+/// As [`load`], with the warnings (ignored mesh-only fields, deprecated spellings).
+pub fn load_with_warnings(
+    f: &ServeFlags,
+    metrics: &Metrics,
+) -> Result<(Runtime, Vec<String>), ConfigError> {
+    if !f.config.is_empty()
+        && (f.primary.is_some() || !f.shadow.is_empty() || f.mirror_percent.is_some())
+    {
+        return Err(flag_err(
+            "--config",
+            "--primary/--shadow/--mirror-percent describe a config of their own; use them or a file, not both",
+        ));
+    }
+    let mut texts = Vec::new();
+    for path in &f.config {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole(&source, format!("cannot read: {e}")))?;
+        texts.push((source, text));
+    }
+    let istio = texts
+        .iter()
+        .filter(|(_, t)| super::istio::looks_like_istio(t))
+        .count();
+    if istio > 0 {
+        if istio != texts.len() {
+            let native = texts
+                .iter()
+                .find(|(_, t)| !super::istio::looks_like_istio(t))
+                .map(|x| x.0.clone())
+                .unwrap_or_default();
+            return Err(ConfigError::whole(
+                &native,
+                "not an Istio file: native and Istio configs cannot be mixed",
+            ));
         }
-        None => (quick_config(f)?, SOURCE.to_owned()),
+        return istio_runtime(f, &texts, metrics);
+    }
+    let (mut file, source) = match texts.as_slice() {
+        [] => (quick_config(f)?, SOURCE.to_owned()),
+        [(source, text)] => (super::parse_str(text, source)?, source.clone()),
+        [_, (second, _), ..] => {
+            return Err(ConfigError::whole(
+                second,
+                "one native config file at a time (several files are for Istio configs)",
+            ))
+        }
     };
     if !f.listen.is_empty() {
         file.listeners = f.listen.iter().cloned().map(s).collect();
-    } else if file.listeners.is_empty() && f.config.is_none() {
+    } else if file.listeners.is_empty() && f.config.is_empty() {
         file.listeners = vec![s("127.0.0.1:8080".into())];
     }
     if let Some(a) = &f.admin {
@@ -180,11 +237,83 @@ pub fn load(f: &ServeFlags, metrics: &Metrics) -> Result<Runtime, ConfigError> {
     if let Some(a) = &f.access_log {
         file.access_log = Some(s(a.clone()));
     }
-    build(file, &source, metrics).map_err(|mut e| {
+    build_with_warnings(file, &source, metrics).map_err(|mut e| {
         // A flag's value carries no location: say which flag, not a YAML path.
         if e.line.is_none() && source == SOURCE {
             e.message = flagify(&e.message);
         }
+        e
+    })
+}
+
+/// Istio files carry no listeners or proxy settings: those come from flags.
+fn istio_runtime(
+    f: &ServeFlags,
+    texts: &[(String, String)],
+    metrics: &Metrics,
+) -> Result<(Runtime, Vec<String>), ConfigError> {
+    let cx = Ctx {
+        source: SOURCE,
+        line_offset: 0,
+        doc: None,
+    };
+    let parse_addr = |v: &str, flag: &str| {
+        v.parse()
+            .map_err(|_| flag_err(flag, format!("`{v}` is not an IP:port address")))
+    };
+    let listen = if f.listen.is_empty() {
+        vec![parse_addr("127.0.0.1:8080", "--listen")?]
+    } else {
+        f.listen
+            .iter()
+            .map(|l| parse_addr(l, "--listen"))
+            .collect::<Result<_, _>>()?
+    };
+    let admin = f
+        .admin
+        .as_deref()
+        .map(|a| parse_addr(a, "--admin"))
+        .transpose()?;
+    let access_log = match &f.access_log {
+        Some(a) => a.parse().map_err(|m: String| flag_err("--access-log", m))?,
+        None => crate::telemetry::Sink::Stdout,
+    };
+    let dur = |v: &Option<String>, field: &str, default| match v {
+        Some(v) => flagged(cx.duration(&s(v.clone()), field)),
+        None => Ok(default),
+    };
+    let common = Common {
+        listen,
+        admin,
+        access_log,
+        connect_timeout: dur(
+            &f.connect_timeout,
+            "timeouts.connect",
+            super::build::DEFAULT_CONNECT_TIMEOUT,
+        )?,
+        request_timeout: dur(
+            &f.request_timeout,
+            "timeouts.request",
+            super::build::DEFAULT_REQUEST_TIMEOUT,
+        )?,
+        shutdown_timeout: dur(
+            &f.shutdown_timeout,
+            "timeouts.shutdown",
+            super::build::DEFAULT_SHUTDOWN_TIMEOUT,
+        )?,
+    };
+    let shadow = flagged(shadow_settings(
+        &cx,
+        &shadow_file(f),
+        Default::default(),
+        "mirror_defaults",
+    ))?;
+    super::istio::build(texts, common, shadow, metrics)
+}
+
+fn flagged<T>(r: Result<T, ConfigError>) -> Result<T, ConfigError> {
+    r.map_err(|mut e| {
+        e.message = flagify(&e.message);
         e
     })
 }

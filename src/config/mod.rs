@@ -5,7 +5,9 @@
 //! Every error names where it is: `file:line:column: field: what is wrong`.
 
 mod build;
+pub mod common;
 pub mod flags;
+pub mod istio;
 pub mod native;
 mod units;
 
@@ -14,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use build::build;
+pub use build::{build, build_with_warnings};
 pub use units::{parse_duration, parse_size};
 
 use crate::routing::Table;

@@ -20,9 +20,9 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 
-pub type S<T> = Spanned<T>;
+pub use super::common::S;
+use super::common::{HeadersFile, MatchFile, OutlierFile, RetriesFile, RewriteFile};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +40,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub mirror_defaults: ShadowFile,
     pub services: S<Vec<ServiceFile>>,
+    /// Request hosts these routes serve: exact, `*.suffix`, or `*` (default `["*"]`).
+    pub hosts: Option<Vec<S<String>>>,
     pub routes: S<Vec<RouteFile>>,
 }
 
@@ -63,6 +65,21 @@ pub struct ServiceFile {
     pub request_timeout: Option<S<String>>,
     /// How the service is treated when it is a mirror target.
     pub shadow: Option<ShadowFile>,
+    /// Named groups of endpoints selected by labels: `destination: v1, subset: canary`.
+    #[serde(default)]
+    pub subsets: Vec<SubsetFile>,
+    /// `round_robin` (default), `least_request`, `random`.
+    pub load_balancer: Option<S<String>>,
+    /// Eject endpoints after consecutive failures (off unless given).
+    pub outlier_detection: Option<S<OutlierFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetFile {
+    pub name: S<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `127.0.0.1:9001`, `http://127.0.0.1:9001`, or `{address: ..., labels: {...}}`.
@@ -115,23 +132,16 @@ pub struct RouteFile {
     pub route: S<Vec<DestinationFile>>,
     #[serde(default)]
     pub mirrors: Vec<MirrorFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MatchFile {
-    pub uri: Option<S<StringMatchFile>>,
-    pub method: Option<S<StringMatchFile>>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, S<StringMatchFile>>,
-}
-
-/// `{exact: ...}`, `{prefix: ...}`, or `{}` (present).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StringMatchFile {
-    pub exact: Option<String>,
-    pub prefix: Option<String>,
+    /// `headers: {request: {set, add, remove}, response: {...}}`.
+    pub headers: Option<HeadersFile>,
+    /// `rewrite: {uri: /new-prefix, authority: host}`.
+    pub rewrite: Option<RewriteFile>,
+    /// Overrides the primary's request timeout for this route.
+    pub timeout: Option<S<String>>,
+    /// Primary-only retries: `{attempts, per_try_timeout, retry_on}`.
+    pub retries: Option<RetriesFile>,
+    /// `random` (default), `request_id`, or `header:NAME`: consistent mirror sampling.
+    pub mirror_sampling: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +149,8 @@ pub struct StringMatchFile {
 pub struct DestinationFile {
     /// A service name.
     pub destination: S<String>,
+    /// One of the service's subsets.
+    pub subset: Option<S<String>>,
     /// Share of traffic: weight ÷ sum of weights (default 1; absent on all = equal split).
     pub weight: Option<S<u32>>,
 }
@@ -148,6 +160,15 @@ pub struct DestinationFile {
 pub struct MirrorFile {
     /// A service name.
     pub destination: S<String>,
+    pub subset: Option<S<String>>,
     /// 0–100, fractional allowed (default 100).
     pub percent: Option<S<f64>>,
+    /// Istio's spelling: `percentage: {value: 10}`.
+    pub percentage: Option<PercentageFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PercentageFile {
+    pub value: S<f64>,
 }

@@ -189,13 +189,23 @@ pub struct MirrorPolicy {
 
 impl MirrorPolicy {
     /// Decide whether this request is copied to the shadow; count why not.
-    /// `content_length` is the declared body size, when the client declared one.
-    pub fn admit(&self, method: &Method, content_length: Option<u64>) -> Option<Ticket> {
+    /// `content_length` is the declared body size, when the client declared one; `key` is the
+    /// request's sampling hash in consistent mode (`None`: random).
+    pub fn admit(
+        &self,
+        method: &Method,
+        content_length: Option<u64>,
+        key: Option<u32>,
+    ) -> Option<Ticket> {
         let refuse = |outcome| {
             self.counters.inc(outcome);
             None
         };
-        if !self.sampler.sample() {
+        let sampled = match key {
+            Some(k) => self.sampler.sample_with(k),
+            None => self.sampler.sample(),
+        };
+        if !sampled {
             return refuse(MirrorOutcome::sampled_out);
         }
         let s = &self.shadow.settings;

@@ -1,28 +1,31 @@
 //! One client request, in phases:
 //!
 //! ```text
-//! check ─▶ identify (request id, forwarded) ─▶ route ─▶ admit mirrors ─▶ send primary ─▶ respond
-//!                                                          │                 │ body tee
-//!                                                          └────── fire copies (own tasks)
+//! check ─▶ identify (request id, forwarded) ─▶ route ─▶ rewrite ─▶ admit mirrors ─▶ primary ─▶ respond
+//!                                                                     │      (retries)   │ body tee
+//!                                                                     └── fire copies (own tasks)
 //! ```
 //! The client's answer depends only on the primary. Mirrors are admitted synchronously
-//! (atomics only) and sent on tasks of their own once the body they copy has ended.
+//! (atomics only) and sent on tasks of their own once the body they copy has ended; a retry
+//! of the primary never sends a mirror again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
-use http_body_util::Either;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::error::{error_chain, ProxyError};
 use super::headers;
-use super::{ProxyBody, State};
+use super::{PrimaryBody, ProxyBody, State};
 use crate::mirror::{MirrorBody, MirrorRequest, PendingMirror, TeeBody};
+use crate::routing::{sample_hash, Health, RequestView, RetryPolicy, Sampling, Service};
 use crate::telemetry::Entry;
 
 const PRIMARY: &str = "primary";
@@ -68,14 +71,16 @@ impl LogCtx {
     }
 }
 
+type Failed = (ProxyError, LogCtx);
+
 async fn forward(
     state: &State,
     req: Request<Incoming>,
     peer: SocketAddr,
     start: Instant,
-) -> Result<Response<ProxyBody>, (ProxyError, LogCtx)> {
+) -> Result<Response<ProxyBody>, Failed> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
+    let original_pq = parts
         .uri
         .path_and_query()
         .cloned()
@@ -84,7 +89,7 @@ async fn forward(
         request_id: None,
         route: None,
         method: parts.method.clone(),
-        path: path_and_query.clone(),
+        path: original_pq.clone(),
         upstream: None,
     };
     if let Err(why) = headers::check_request(&parts) {
@@ -92,7 +97,7 @@ async fn forward(
     }
 
     // Identify.
-    let host = headers::request_host(&parts);
+    let mut host = headers::request_host(&parts);
     let request_id = headers::ensure_request_id(&mut parts.headers);
     ctx.request_id = Some(request_id.clone());
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -100,7 +105,12 @@ async fn forward(
 
     // Route. The table is loaded once: the request finishes on the table it started with.
     let table = state.table.load();
-    let Some(route) = table.select(&parts) else {
+    let view = RequestView {
+        parts: &parts,
+        authority: host.as_ref().and_then(|h| h.to_str().ok()),
+        scheme: "http",
+    };
+    let Some((route, matched)) = table.select(&view) else {
         return Err((ProxyError::NoRoute(ctx.path.to_string()), ctx));
     };
     ctx.route = Some(route.name.clone());
@@ -108,10 +118,19 @@ async fn forward(
         return Err((ProxyError::NoRoute(ctx.path.to_string()), ctx));
     };
     let service = dest.service.clone();
-    let Some(endpoint) = service.pick_endpoint() else {
-        return Err((ProxyError::NoEndpoint(service.name.clone()), ctx));
-    };
-    ctx.upstream = Some(endpoint.authority.clone());
+
+    // The route's action: header changes and rewrites reach the primary and the mirrors alike.
+    let action = &route.action;
+    action.request_headers.apply(&mut parts.headers);
+    let mut path_and_query = original_pq;
+    if let Some(rw) = &action.rewrite {
+        if let Some(p) = rw.path(&path_and_query, matched.and_then(|m| m.uri.as_ref())) {
+            path_and_query = p;
+        }
+        if let Some(a) = &rw.authority {
+            host = Some(a.clone());
+        }
+    }
 
     // Admit mirrors: synchronous, atomics only.
     let declared_len = parts
@@ -119,26 +138,31 @@ async fn forward(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let key = match &action.sampling {
+        Sampling::Random => None,
+        Sampling::RequestId => Some(sample_hash(request_id.as_bytes())),
+        Sampling::Header(h) => parts.headers.get(h).map(|v| sample_hash(v.as_bytes())),
+    };
     let mut tickets = Vec::new();
     for m in &route.mirrors {
-        if let Some(t) = m.admit(&parts.method, declared_len) {
+        if let Some(t) = m.admit(&parts.method, declared_len, key) {
             tickets.push(t);
         }
     }
+    parts.headers.remove(HOST);
+    let bodiless = body.is_end_stream();
     let body = if tickets.is_empty() {
         TeeBody::passthrough(body)
     } else {
-        let mut mirror_headers = parts.headers.clone();
-        mirror_headers.remove(HOST);
         let request = Arc::new(MirrorRequest {
             route: route.name.clone(),
             request_id: request_id.clone(),
             method: parts.method.clone(),
             path_and_query: path_and_query.clone(),
             host: host.clone(),
-            headers: mirror_headers,
+            headers: parts.headers.clone(),
         });
-        if body.is_end_stream() {
+        if bodiless {
             for t in tickets {
                 t.fire(&state.mirror, request.clone(), MirrorBody::empty());
             }
@@ -160,57 +184,217 @@ async fn forward(
             )
         }
     };
-
-    // The primary request: same method, path, headers; Host preserved.
-    let uri = Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build();
-    let Ok(uri) = uri else {
-        return Err((ProxyError::BadRequest("invalid request target"), ctx));
-    };
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    if !parts.headers.contains_key(HOST) {
-        if let Some(h) = host {
-            parts.headers.insert(HOST, h);
-        }
+    if let Some(h) = host {
+        parts.headers.insert(HOST, h);
     }
-    let upstream_req = Request::from_parts(parts, body);
+    parts.version = Version::HTTP_11;
 
-    let timeout = service.request_timeout;
-    let result = tokio::time::timeout(timeout, state.client.request(upstream_req)).await;
-    let mut resp = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            let reason = error_chain(&e);
-            let err = if e.is_connect() {
-                ProxyError::Connect {
-                    upstream: ctx.upstream(),
-                    reason,
-                }
-            } else {
-                ProxyError::Upstream {
-                    upstream: ctx.upstream(),
-                    reason,
-                }
-            };
-            return Err((err, ctx));
+    // The primary, with retries when the route asks and the request can be replayed.
+    let timeout = action.timeout.unwrap_or(service.request_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let retry = action
+        .retries
+        .as_ref()
+        .filter(|_| bodiless && is_idempotent(&parts.method));
+    let mut resp = match retry {
+        None => {
+            let req = Request::from_parts(parts, Either::Left(body));
+            attempt(
+                state,
+                &service,
+                req,
+                &path_and_query,
+                deadline,
+                None,
+                &mut ctx,
+            )
+            .await?
         }
-        Err(_) => {
-            let err = ProxyError::Timeout {
-                upstream: ctx.upstream(),
-                after_ms: timeout.as_millis(),
-            };
-            return Err((err, ctx));
+        Some(policy) => {
+            drop(body);
+            with_retries(
+                state,
+                &service,
+                &parts,
+                &path_and_query,
+                deadline,
+                policy,
+                &mut ctx,
+            )
+            .await?
         }
     };
     headers::strip_hop_by_hop(resp.headers_mut());
+    action.response_headers.apply(resp.headers_mut());
     let status = resp.status().as_u16();
     route.primary_stats.observe(status, start.elapsed());
     log_primary(state, &ctx, Some(status), start, None);
     Ok(resp.map(Either::Left))
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// What one attempt ended with, before it becomes a response or a retry.
+enum Outcome {
+    Response(Response<Incoming>),
+    Failed { error: ProxyError, connect: bool },
+}
+
+/// One try at the primary: pick an endpoint, send, wait for the head until `deadline`
+/// (or `per_try` if sooner), and report the endpoint's health for outlier detection.
+async fn try_once(
+    state: &State,
+    service: &Service,
+    mut req: Request<PrimaryBody>,
+    path_and_query: &PathAndQuery,
+    deadline: tokio::time::Instant,
+    per_try: Option<Duration>,
+    ctx: &mut LogCtx,
+) -> Outcome {
+    let Some(endpoint) = service.pick_endpoint() else {
+        return Outcome::Failed {
+            error: ProxyError::NoEndpoint(service.name.clone()),
+            connect: false,
+        };
+    };
+    ctx.upstream = Some(endpoint.authority.clone());
+    let uri = Uri::builder()
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
+        .path_and_query(path_and_query.clone())
+        .build();
+    match uri {
+        Ok(u) => *req.uri_mut() = u,
+        Err(_) => {
+            return Outcome::Failed {
+                error: ProxyError::BadRequest("invalid request target"),
+                connect: false,
+            }
+        }
+    }
+    let until = match per_try {
+        Some(t) => deadline.min(tokio::time::Instant::now() + t),
+        None => deadline,
+    };
+    let _active = endpoint.start();
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout_at(until, state.client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let st = resp.status().as_u16();
+            let health = if st >= 500 {
+                Health::ServerError {
+                    gateway: matches!(st, 502..=504),
+                }
+            } else {
+                Health::Ok
+            };
+            service.endpoints.report(endpoint, health);
+            Outcome::Response(resp)
+        }
+        Ok(Err(e)) => {
+            let reason = error_chain(&e);
+            let connect = e.is_connect();
+            if connect {
+                service.endpoints.report(endpoint, Health::ConnectFailure);
+            }
+            let upstream = ctx.upstream();
+            let error = if connect {
+                ProxyError::Connect { upstream, reason }
+            } else {
+                ProxyError::Upstream { upstream, reason }
+            };
+            Outcome::Failed { error, connect }
+        }
+        Err(_) => Outcome::Failed {
+            error: ProxyError::Timeout {
+                upstream: ctx.upstream(),
+                after_ms: started.elapsed().as_millis(),
+            },
+            connect: false,
+        },
+    }
+}
+
+async fn attempt(
+    state: &State,
+    service: &Service,
+    req: Request<PrimaryBody>,
+    pq: &PathAndQuery,
+    deadline: tokio::time::Instant,
+    per_try: Option<Duration>,
+    ctx: &mut LogCtx,
+) -> Result<Response<Incoming>, Failed> {
+    match try_once(state, service, req, pq, deadline, per_try, ctx).await {
+        Outcome::Response(r) => Ok(r),
+        Outcome::Failed { error, .. } => Err((error, ctx.cloned())),
+    }
+}
+
+async fn with_retries(
+    state: &State,
+    service: &Service,
+    parts: &http::request::Parts,
+    pq: &PathAndQuery,
+    deadline: tokio::time::Instant,
+    policy: &RetryPolicy,
+    ctx: &mut LogCtx,
+) -> Result<Response<Incoming>, Failed> {
+    let mut tries_left = policy.attempts;
+    loop {
+        let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
+        *req.method_mut() = parts.method.clone();
+        *req.headers_mut() = parts.headers.clone();
+        *req.version_mut() = parts.version;
+        let out = try_once(
+            state,
+            service,
+            req,
+            pq,
+            deadline,
+            policy.per_try_timeout,
+            ctx,
+        )
+        .await;
+        let past_deadline = tokio::time::Instant::now() >= deadline;
+        let again = tries_left > 0
+            && !past_deadline
+            && match &out {
+                Outcome::Response(r) => policy.retry_on.on_status(r.status().as_u16()),
+                Outcome::Failed { connect: true, .. } => policy.retry_on.on_connect_failure(),
+                Outcome::Failed {
+                    error: ProxyError::Timeout { .. },
+                    ..
+                } => policy.per_try_timeout.is_some(),
+                Outcome::Failed { .. } => policy.retry_on.on_reset(),
+            };
+        if !again {
+            return match out {
+                Outcome::Response(r) => Ok(r),
+                Outcome::Failed { error, .. } => Err((error, ctx.cloned())),
+            };
+        }
+        tries_left -= 1;
+        // Envoy's default back-off base: 25 ms, jittered, never past the deadline.
+        let pause = Duration::from_millis(fastrand::u64(0..=25));
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+    }
+}
+
+impl LogCtx {
+    fn cloned(&self) -> LogCtx {
+        LogCtx {
+            request_id: self.request_id.clone(),
+            route: self.route.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            upstream: self.upstream.clone(),
+        }
+    }
 }
 
 fn log_primary(

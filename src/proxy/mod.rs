@@ -35,8 +35,12 @@ use crate::telemetry::{AccessLog, Metrics};
 /// What the client receives: the primary's streamed body, or a short local answer.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// The primary's pooled client; request bodies stream through the mirror tee.
-pub type PrimaryClient = Client<HttpConnector, TeeBody<Incoming>>;
+/// A primary request's body: the client's, streamed through the mirror tee, or empty for a
+/// request that may be retried.
+pub type PrimaryBody = Either<TeeBody<Incoming>, http_body_util::Empty<Bytes>>;
+
+/// The primary's pooled client.
+pub type PrimaryClient = Client<HttpConnector, PrimaryBody>;
 
 /// Everything a request reads. One per worker thread (its own upstream pools); the table,
 /// metrics and access log are shared by all workers.

@@ -1,22 +1,23 @@
 //! The routing table: what every config form (native YAML, Istio YAML, CLI flags) compiles to.
 //!
-//! A [`Table`] holds services (named groups of labelled endpoints) and an ordered list of
-//! routes. A route has match blocks (ORed; the conditions inside one block are ANDed), weighted
-//! destinations (the primary: exactly one is chosen per request) and mirror policies (every
-//! one is considered on its own). This module owns selection only: it does no I/O, never
-//! blocks, and is tested without sockets. Tables are immutable once built; runtime changes
-//! swap a whole new table in.
+//! A [`Table`] holds services (named sets of labelled endpoints; a subset is a service of its
+//! own) and virtual hosts: domains plus an ordered list of routes. A route has match blocks
+//! (ORed; the conditions inside one block are ANDed), weighted destinations (the primary:
+//! exactly one is chosen per request), mirror policies (each considered on its own) and an
+//! action (header changes, rewrite, timeout, retries). This module owns selection only: it
+//! does no I/O, never blocks, and is tested without sockets. Tables are immutable once built;
+//! runtime changes swap a whole new table in.
 
+mod action;
+mod endpoint;
 mod matching;
 
-pub use matching::{MatchBlock, StringMatch};
+pub use action::{sample_hash, HeaderOps, RetryOn, RetryPolicy, Rewrite, RouteAction, Sampling};
+pub use endpoint::{Endpoint, EndpointSet, Health, LbPolicy, OutlierPolicy};
+pub use matching::{MatchBlock, RequestView, StringMatch};
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use http::uri::{Authority, Scheme};
 
 pub use crate::mirror::{MirrorPolicy, Sampler};
 use crate::telemetry::metrics::TargetStats;
@@ -25,25 +26,43 @@ use crate::telemetry::metrics::TargetStats;
 #[derive(Debug)]
 pub struct Table {
     pub services: Vec<Arc<Service>>,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// Which request hosts a group of routes serves (Istio `VirtualService.hosts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Domain {
+    /// Compared case-insensitively with the host, port stripped.
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`.
+    Suffix(String),
+    Any,
+}
+
+impl Domain {
+    pub fn parse(s: &str) -> Domain {
+        match s {
+            "*" => Domain::Any,
+            _ if s.starts_with("*.") => Domain::Suffix(s[1..].to_ascii_lowercase()),
+            _ => Domain::Exact(s.to_ascii_lowercase()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<Domain>,
     pub routes: Vec<Route>,
 }
 
-/// A named upstream: where requests for one version of an application go.
+/// A named upstream (Envoy: a cluster): one version of an application, or one subset of it.
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: EndpointSet,
     /// How long the primary may take to send its response head.
     pub request_timeout: Duration,
-    next: AtomicUsize,
-}
-
-/// One address of a service, with the labels subsets select on.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub scheme: Scheme,
-    pub authority: Authority,
-    pub labels: BTreeMap<String, String>,
 }
 
 /// A route: the first one whose matches accept a request handles it.
@@ -54,6 +73,7 @@ pub struct Route {
     pub matches: Vec<MatchBlock>,
     pub destinations: Vec<WeightedDestination>,
     pub mirrors: Vec<MirrorPolicy>,
+    pub action: RouteAction,
     /// Metrics of this route's primary responses.
     pub primary_stats: Arc<TargetStats>,
     total_weight: u32,
@@ -67,25 +87,17 @@ pub struct WeightedDestination {
 }
 
 impl Service {
-    pub fn new(name: String, endpoints: Vec<Endpoint>, request_timeout: Duration) -> Service {
+    pub fn new(name: String, endpoints: EndpointSet, request_timeout: Duration) -> Service {
         Service {
             name,
             endpoints,
             request_timeout,
-            next: AtomicUsize::new(0),
         }
     }
 
-    /// Round-robin over the endpoints. `None` only for a service without endpoints,
-    /// which validation refuses.
+    /// `None` only for a service without endpoints, which validation refuses.
     pub fn pick_endpoint(&self) -> Option<&Endpoint> {
-        match self.endpoints.len() {
-            0 => None,
-            1 => self.endpoints.first(),
-            n => self
-                .endpoints
-                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
-        }
+        self.endpoints.pick()
     }
 }
 
@@ -95,6 +107,7 @@ impl Route {
         matches: Vec<MatchBlock>,
         destinations: Vec<WeightedDestination>,
         mirrors: Vec<MirrorPolicy>,
+        action: RouteAction,
         metrics: &crate::telemetry::Metrics,
     ) -> Route {
         let total_weight = destinations.iter().map(|d| d.weight).sum();
@@ -105,12 +118,18 @@ impl Route {
             matches,
             destinations,
             mirrors,
+            action,
             total_weight,
         }
     }
 
-    pub fn matches(&self, req: &http::request::Parts) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    /// `Some(block)` when the route takes the request: the block that matched (`None` inside
+    /// when the route has no match blocks).
+    pub fn matching(&self, req: &RequestView<'_>) -> Option<Option<&MatchBlock>> {
+        if self.matches.is_empty() {
+            return Some(None);
+        }
+        self.matches.iter().find(|m| m.matches(req)).map(Some)
     }
 
     /// Choose the primary destination: weight ÷ sum of weights.
@@ -134,120 +153,235 @@ impl Route {
     }
 }
 
+/// `host:port` → `host` (IPv6 literals keep their brackets), lowercased by the caller.
+pub fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i)
+            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
 impl Table {
-    /// First route that matches, in order.
-    pub fn select(&self, req: &http::request::Parts) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(req))
+    /// The virtual host for a request host: exact domain first, then the longest wildcard
+    /// suffix, then `*` (Envoy's order).
+    pub fn virtual_host(&self, authority: Option<&str>) -> Option<&VirtualHost> {
+        let host = authority.map(|a| strip_port(a).to_ascii_lowercase());
+        let mut best: Option<(&VirtualHost, usize)> = None;
+        for vh in &self.virtual_hosts {
+            for d in &vh.domains {
+                let rank = match (d, host.as_deref()) {
+                    (Domain::Exact(e), Some(h)) if e == h => usize::MAX,
+                    (Domain::Suffix(s), Some(h))
+                        if h.ends_with(s.as_str()) && h.len() > s.len() =>
+                    {
+                        s.len() + 1
+                    }
+                    (Domain::Any, _) => 0,
+                    _ => continue,
+                };
+                if best.is_none_or(|(_, r)| rank > r) {
+                    best = Some((vh, rank));
+                }
+            }
+        }
+        best.map(|(vh, _)| vh)
+    }
+
+    /// The route for a request and the match block that took it.
+    pub fn select<'t>(
+        &'t self,
+        req: &RequestView<'_>,
+    ) -> Option<(&'t Route, Option<&'t MatchBlock>)> {
+        let vh = self.virtual_host(req.authority)?;
+        vh.routes
+            .iter()
+            .find_map(|r| r.matching(req).map(|m| (r, m)))
     }
 
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.iter().find(|s| s.name == name)
     }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.virtual_hosts.iter().flat_map(|v| v.routes.iter())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use http::uri::{Authority, Scheme};
+
     use super::*;
 
     fn svc(name: &str) -> Arc<Service> {
         Arc::new(Service::new(
             name.into(),
-            vec![Endpoint {
-                scheme: Scheme::HTTP,
-                authority: Authority::from_static("127.0.0.1:1"),
-                labels: BTreeMap::new(),
-            }],
+            EndpointSet::new(
+                vec![Endpoint::new(
+                    Scheme::HTTP,
+                    Authority::from_static("127.0.0.1:1"),
+                    BTreeMap::new(),
+                )],
+                LbPolicy::RoundRobin,
+                None,
+            ),
             Duration::from_secs(1),
         ))
     }
 
-    fn parts(uri: &str) -> http::request::Parts {
-        http::Request::get(uri)
-            .body(())
-            .expect("valid")
-            .into_parts()
-            .0
+    fn route(name: &str, matches: Vec<MatchBlock>, dests: Vec<(Arc<Service>, u32)>) -> Route {
+        Route::new(
+            name,
+            matches,
+            dests
+                .into_iter()
+                .map(|(service, weight)| WeightedDestination { service, weight })
+                .collect(),
+            vec![],
+            RouteAction::default(),
+            &crate::telemetry::Metrics::new(),
+        )
+    }
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::get(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("valid").into_parts().0
+    }
+
+    fn select<'t>(t: &'t Table, p: &http::request::Parts, host: &str) -> Option<&'t str> {
+        let v = RequestView {
+            parts: p,
+            authority: Some(host),
+            scheme: "http",
+        };
+        t.select(&v).map(|(r, _)| &*r.name)
     }
 
     #[test]
-    fn first_matching_route_wins() {
-        let a = svc("a");
-        let b = svc("b");
-        let api = Route::new(
-            "api",
+    fn header_opt_in_route_goes_first() {
+        let (v1, v2) = (svc("v1"), svc("v2"));
+        let optin = route(
+            "optin",
             vec![MatchBlock {
-                uri: Some(StringMatch::Prefix("/api".into())),
+                headers: vec![(
+                    http::HeaderName::from_static("x-rollout"),
+                    StringMatch::Exact("shadow".into()),
+                )],
                 ..MatchBlock::default()
             }],
-            vec![WeightedDestination {
-                service: a.clone(),
-                weight: 1,
-            }],
-            vec![],
-            &crate::telemetry::Metrics::new(),
+            vec![(v2.clone(), 1)],
         );
-        let all = Route::new(
-            "default",
-            vec![],
-            vec![WeightedDestination {
-                service: b.clone(),
-                weight: 1,
-            }],
-            vec![],
-            &crate::telemetry::Metrics::new(),
-        );
+        let all = route("default", vec![], vec![(v1.clone(), 1)]);
         let t = Table {
-            services: vec![a, b],
-            routes: vec![api, all],
+            services: vec![v1, v2],
+            virtual_hosts: vec![VirtualHost {
+                name: "all".into(),
+                domains: vec![Domain::Any],
+                routes: vec![optin, all],
+            }],
         };
-        assert_eq!(&*t.select(&parts("/api/x")).expect("route").name, "api");
-        assert_eq!(&*t.select(&parts("/other")).expect("route").name, "default");
+        assert_eq!(
+            select(&t, &parts("/", &[("x-rollout", "shadow")]), "a"),
+            Some("optin")
+        );
+        assert_eq!(select(&t, &parts("/", &[]), "a"), Some("default"));
+    }
+
+    #[test]
+    fn virtual_host_precedence() {
+        let s = svc("s");
+        let vh = |name: &str, domains: &[&str]| VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| Domain::parse(d)).collect(),
+            routes: vec![route(name, vec![], vec![(s.clone(), 1)])],
+        };
+        let t = Table {
+            services: vec![s.clone()],
+            virtual_hosts: vec![
+                vh("any", &["*"]),
+                vh("wild", &["*.example.com"]),
+                vh("deeper", &["*.api.example.com"]),
+                vh("exact", &["my-app", "my-app.default.svc.cluster.local"]),
+            ],
+        };
+        let p = parts("/", &[]);
+        assert_eq!(select(&t, &p, "my-app"), Some("exact"));
+        assert_eq!(select(&t, &p, "MY-APP:3000"), Some("exact"));
+        assert_eq!(
+            select(&t, &p, "my-app.default.svc.cluster.local"),
+            Some("exact")
+        );
+        assert_eq!(select(&t, &p, "x.example.com"), Some("wild"));
+        assert_eq!(select(&t, &p, "v1.api.example.com:8443"), Some("deeper"));
+        assert_eq!(select(&t, &p, "example.com"), Some("any"));
+        assert_eq!(select(&t, &p, "other"), Some("any"));
+        let no_any = Table {
+            services: vec![s.clone()],
+            virtual_hosts: vec![vh("exact", &["my-app"])],
+        };
+        assert_eq!(select(&no_any, &p, "other"), None);
     }
 
     #[test]
     fn weighted_pick_follows_weights() {
-        let r = Route::new(
-            "r",
-            vec![],
-            vec![
-                WeightedDestination {
-                    service: svc("v1"),
-                    weight: 90,
-                },
-                WeightedDestination {
-                    service: svc("v2"),
-                    weight: 10,
-                },
-            ],
-            vec![],
-            &crate::telemetry::Metrics::new(),
-        );
+        let r = route("r", vec![], vec![(svc("v1"), 90), (svc("v2"), 10)]);
         assert_eq!(r.pick_weighted(0).expect("d").service.name, "v1");
         assert_eq!(r.pick_weighted(89).expect("d").service.name, "v1");
         assert_eq!(r.pick_weighted(90).expect("d").service.name, "v2");
         assert_eq!(r.pick_weighted(99).expect("d").service.name, "v2");
-        let v2 = (0..100_000)
-            .filter(|_| r.pick_destination().expect("d").service.name == "v2")
-            .count() as f64;
-        // sd ≈ 95
-        assert!((v2 - 10_000.0).abs() < 500.0, "v2 = {v2}");
     }
 
     #[test]
-    fn round_robin_over_endpoints() {
-        let ep = |a: &'static str| Endpoint {
-            scheme: Scheme::HTTP,
-            authority: Authority::from_static(a),
-            labels: BTreeMap::new(),
-        };
-        let s = Service::new(
-            "s".into(),
-            vec![ep("127.0.0.1:1"), ep("127.0.0.1:2")],
-            Duration::from_secs(1),
-        );
-        let picks: Vec<_> = (0..4)
-            .map(|_| s.pick_endpoint().expect("ep").authority.port_u16())
-            .collect();
-        assert_eq!(picks, vec![Some(1), Some(2), Some(1), Some(2)]);
+    fn weighted_split_converges_to_its_weights() {
+        // Property: for random weight vectors, observed shares stay within 5 sd of w / sum.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _case in 0..20 {
+            let k = rng.usize(2..5);
+            let weights: Vec<u32> = (0..k).map(|_| rng.u32(1..100)).collect();
+            let sum: u32 = weights.iter().sum();
+            let r = route(
+                "r",
+                vec![],
+                weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (svc(&format!("s{i}")), *w))
+                    .collect(),
+            );
+            let n = 20_000;
+            let mut counts = vec![0u32; k];
+            for _ in 0..n {
+                let d = r.pick_destination().expect("d");
+                let i: usize = d.service.name[1..].parse().expect("index");
+                counts[i] += 1;
+            }
+            for (i, w) in weights.iter().enumerate() {
+                let p = f64::from(*w) / f64::from(sum);
+                let sd = (f64::from(n) * p * (1.0 - p)).sqrt();
+                let diff = (f64::from(counts[i]) - f64::from(n) * p).abs();
+                assert!(
+                    diff <= 5.0 * sd + 1.0,
+                    "weights {weights:?}: s{i} got {}",
+                    counts[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn strip_port_keeps_ipv6() {
+        assert_eq!(strip_port("a:80"), "a");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("a"), "a");
     }
 }

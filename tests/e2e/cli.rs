@@ -164,3 +164,123 @@ fn serve_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+fn check_files(paths: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).arg("check");
+    for p in paths {
+        cmd.args(["--config", p]);
+    }
+    let out = cmd.output().expect("run mirrorctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_example_passes_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for dir in ["native", "istio"] {
+        let mut files: Vec<String> = std::fs::read_dir(root.join(dir))
+            .expect("examples dir")
+            .filter_map(|e| e.ok())
+            .map(|e| format!("examples/{dir}/{}", e.file_name().to_string_lossy()))
+            .filter(|p| p.ends_with(".yaml"))
+            .collect();
+        files.sort();
+        for f in &files {
+            // The seed VirtualService runs with the DestinationRule/ServiceEntry file beside it.
+            let set: Vec<&str> = match f.as_str() {
+                "examples/istio/seed-destinations.yaml" => continue,
+                "examples/istio/seed-virtualservice.yaml" => {
+                    vec![f, "examples/istio/seed-destinations.yaml"]
+                }
+                _ => vec![f],
+            };
+            let (code, out, err) = check_files(&set);
+            assert_eq!(code, 0, "{f}: {err}");
+            assert!(out.contains(": ok ("), "{f}: {out}");
+            assert!(!err.contains("warning"), "{f} has warnings: {err}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+}
+
+#[test]
+fn broken_files_get_the_exact_error() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/broken");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .expect("golden dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 10, "{cases:?}");
+    for name in cases {
+        let rel = format!("tests/golden/broken/{name}");
+        let want = std::fs::read_to_string(dir.join(name.replace(".yaml", ".err")))
+            .expect("expected .err file");
+        let (code, _, err) = check_files(&[&rel]);
+        assert_eq!(code, 1, "{rel}");
+        assert_eq!(err, want, "{rel}");
+    }
+}
+
+#[test]
+fn mesh_only_fields_are_warned_about_not_dropped() {
+    let p = write_tmp(
+        "gateways.yaml",
+        "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: ['*']
+  gateways: [mesh]
+  http:
+    - match: [{sourceLabels: {app: x}, uri: {prefix: /}}]
+      mirrorPercent: 5
+      mirror: {host: web.default.svc.cluster.local}
+      route: [{destination: {host: web.default.svc.cluster.local}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+  endpoints: [{address: localhost}]
+",
+    );
+    let (code, out, err) = check(&p);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok (1 services, 1 routes, 1 mirrors)"),
+        "{out}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines.iter().any(|l| l.contains(
+            ":6:13: document 1 (VirtualService web): spec.gateways: mesh-only field, ignored"
+        )),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("spec.http[0].match[0].sourceLabels: mesh-only field, ignored")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("spec.http[0].mirrorPercent: deprecated; use mirrorPercentage")),
+        "{err}"
+    );
+}

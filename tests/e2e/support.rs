@@ -55,6 +55,8 @@ pub enum Behavior {
     Hold(Arc<Semaphore>),
     /// Read the request, never answer (a black hole).
     Never,
+    /// Answer with `status` to the first N requests, then 200 `ok`.
+    FailFirst(usize, u16),
 }
 
 pub struct Upstream {
@@ -108,7 +110,7 @@ impl Upstream {
                             body_len: body.len(),
                             body_sha256: sha256(&body),
                         };
-                        count.fetch_add(1, Ordering::SeqCst);
+                        let seen = count.fetch_add(1, Ordering::SeqCst);
                         let _ = tx.send(rec);
                         let resp = match behavior {
                             Behavior::Answer(b) => {
@@ -125,6 +127,15 @@ impl Upstream {
                                 Response::new(Full::new(Bytes::from_static(b"held\n")))
                             }
                             Behavior::Never => std::future::pending().await,
+                            Behavior::FailFirst(n, status) if seen < n => {
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from_static(b"failing\n")));
+                                *r.status_mut() = StatusCode::from_u16(status).expect("status");
+                                r
+                            }
+                            Behavior::FailFirst(..) => {
+                                Response::new(Full::new(Bytes::from_static(b"ok")))
+                            }
                         };
                         Ok::<_, Infallible>(resp)
                     }
@@ -164,6 +175,16 @@ impl Upstream {
             .flatten()
     }
 
+    /// Everything received so far and not yet taken.
+    pub async fn drain(&self) -> Vec<Recorded> {
+        let mut rx = self.rx.lock().await;
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r);
+        }
+        out
+    }
+
     pub fn received(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
@@ -192,6 +213,38 @@ pub fn flags(primary: &str, shadows: &[String]) -> ServeFlags {
         access_log: Some("off".into()),
         ..ServeFlags::default()
     }
+}
+
+/// Flags that serve the given config files on ephemeral ports.
+pub fn config_flags(paths: &[std::path::PathBuf]) -> ServeFlags {
+    ServeFlags {
+        config: paths.to_vec(),
+        listen: vec!["127.0.0.1:0".into()],
+        admin: Some("127.0.0.1:0".into()),
+        access_log: Some("off".into()),
+        ..ServeFlags::default()
+    }
+}
+
+/// A copy of a file from `examples/` with its upstream ports replaced (e.g. 9001 → the port
+/// of a test upstream), in a temp dir of its own.
+pub fn example(path: &str, ports: &[(u16, u16)]) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let mut text = std::fs::read_to_string(&src).expect("read example");
+    for (from, to) in ports {
+        text = text.replace(&format!(": {from}"), &format!(": {to}"));
+        text = text.replace(&format!(":{from}"), &format!(":{to}"));
+    }
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mirrorctl-ex-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let out = dir.join(src.file_name().expect("name"));
+    std::fs::write(&out, text).expect("write");
+    out
 }
 
 pub struct Proxy {
@@ -297,3 +350,24 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 
 /// Shared log of what a test saw, for assertion messages.
 pub type Log = Arc<Mutex<Vec<String>>>;
+
+/// GET with extra headers; returns the status, headers and body.
+pub async fn get_with(
+    c: &TestClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::new())).expect("req");
+    let resp = tokio::time::timeout(DEADLINE, c.request(req))
+        .await
+        .expect("response before deadline")
+        .expect("response");
+    let st = resp.status();
+    let h = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (st, h, body)
+}

@@ -169,18 +169,26 @@ impl Table {
     /// The virtual host for a request host: exact domain first, then the longest wildcard
     /// suffix, then `*` (Envoy's order).
     pub fn virtual_host(&self, authority: Option<&str>) -> Option<&VirtualHost> {
-        let host = authority.map(|a| strip_port(a).to_ascii_lowercase());
+        // The common case (flags, native config without hosts): one catch-all.
+        if let [vh] = self.virtual_hosts.as_slice() {
+            if vh.domains == [Domain::Any] {
+                return Some(vh);
+            }
+        }
+        let host = authority.map(strip_port).unwrap_or("").as_bytes();
         let mut best: Option<(&VirtualHost, usize)> = None;
         for vh in &self.virtual_hosts {
             for d in &vh.domains {
-                let rank = match (d, host.as_deref()) {
-                    (Domain::Exact(e), Some(h)) if e == h => usize::MAX,
-                    (Domain::Suffix(s), Some(h))
-                        if h.ends_with(s.as_str()) && h.len() > s.len() =>
+                // Domains are stored lowercase; hosts compare without allocating.
+                let rank = match d {
+                    Domain::Exact(e) if host.eq_ignore_ascii_case(e.as_bytes()) => usize::MAX,
+                    Domain::Suffix(s)
+                        if host.len() > s.len()
+                            && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()) =>
                     {
                         s.len() + 1
                     }
-                    (Domain::Any, _) => 0,
+                    Domain::Any => 0,
                     _ => continue,
                 };
                 if best.is_none_or(|(_, r)| rank > r) {

@@ -88,6 +88,10 @@ pub struct Shadow {
     buffered: Arc<Semaphore>,
     in_flight: Gauge,
     circuit_open: Gauge,
+    /// `x-mirrorctl-shadow: <name>`, built once.
+    marker: HeaderValue,
+    /// The last client host and its suffixed form: most traffic has one host.
+    host_cache: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
 
 impl Shadow {
@@ -101,6 +105,8 @@ impl Shadow {
             )),
             in_flight: Metrics::shadow_gauge(&metrics.shadow_in_flight, &name),
             circuit_open: Metrics::shadow_gauge(&metrics.shadow_circuit_open, &name),
+            marker: HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("shadow")),
+            host_cache: std::sync::Mutex::new(None),
             name,
             service,
             settings,
@@ -117,11 +123,21 @@ impl Shadow {
         let Some(suffix) = &self.settings.host_suffix else {
             return host.clone();
         };
+        if let Ok(cache) = self.host_cache.lock() {
+            if let Some((_, to)) = cache.as_ref().filter(|(from, _)| from == host) {
+                return to.clone();
+            }
+        }
         let Ok(h) = host.to_str() else {
             return host.clone();
         };
         let (name, port) = split_port(h);
-        HeaderValue::from_str(&format!("{name}{suffix}{port}")).unwrap_or_else(|_| host.clone())
+        let suffixed = HeaderValue::from_str(&format!("{name}{suffix}{port}"))
+            .unwrap_or_else(|_| host.clone());
+        if let Ok(mut cache) = self.host_cache.lock() {
+            *cache = Some((host.clone(), suffixed.clone()));
+        }
+        suffixed
     }
 }
 
@@ -241,14 +257,20 @@ impl MirrorPolicy {
 /// primary-path header hygiene, before any shadow-specific change.
 #[derive(Debug)]
 pub struct MirrorRequest {
+    pub meta: MirrorMeta,
+    /// Headers as sent to the primary, without `Host`.
+    pub headers: HeaderMap,
+}
+
+/// The small, cheaply cloned part of a mirrored request (no allocation to clone).
+#[derive(Debug, Clone)]
+pub struct MirrorMeta {
     pub route: Arc<str>,
     pub request_id: HeaderValue,
     pub method: Method,
     pub path_and_query: PathAndQuery,
     /// The client's `Host` (or HTTP/2 `:authority`).
     pub host: Option<HeaderValue>,
-    /// Headers as sent to the primary, without `Host`.
-    pub headers: HeaderMap,
 }
 
 /// Everything a mirror task needs besides the request.
@@ -302,7 +324,12 @@ impl Ticket {
         counters.inc(MirrorOutcome::sent);
         shadow.in_flight.inc();
         tokio::spawn(async move {
-            let outcome = send(&shadow, &counters, &ctx, &req, body).await;
+            // The last holder of the request takes its headers instead of copying them.
+            let (meta, headers) = match Arc::try_unwrap(req) {
+                Ok(r) => (r.meta, r.headers),
+                Err(shared) => (shared.meta.clone(), shared.headers.clone()),
+            };
+            let outcome = send(&shadow, &counters, &ctx, &meta, headers, body).await;
             shadow.in_flight.dec();
             drop(permit);
             drop(held);
@@ -338,7 +365,8 @@ async fn send(
     shadow: &Shadow,
     counters: &MirrorCounters,
     ctx: &MirrorContext,
-    req: &MirrorRequest,
+    req: &MirrorMeta,
+    headers: HeaderMap,
     body: MirrorBody,
 ) -> Result<(), MirrorOutcome> {
     let start = Instant::now();
@@ -384,13 +412,11 @@ async fn send(
     let mut r = Request::new(body.reader());
     *r.method_mut() = req.method.clone();
     *r.uri_mut() = uri;
-    *r.headers_mut() = req.headers.clone();
+    *r.headers_mut() = headers;
     if let Some(h) = &req.host {
         r.headers_mut().insert(HOST, shadow.shadow_host(h));
     }
-    if let Ok(v) = HeaderValue::from_str(&shadow.name) {
-        r.headers_mut().insert(MIRROR_HEADER, v);
-    }
+    r.headers_mut().insert(MIRROR_HEADER, shadow.marker.clone());
     let exchange = async {
         let resp = ctx.client.request(r).await?;
         let status = resp.status().as_u16();

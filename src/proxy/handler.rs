@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use super::error::{error_chain, ProxyError};
 use super::headers;
 use super::{PrimaryBody, ProxyBody, State};
-use crate::mirror::{MirrorBody, MirrorRequest, PendingMirror, TeeBody};
+use crate::mirror::{MirrorBody, MirrorMeta, MirrorRequest, PendingMirror, TeeBody};
 use crate::routing::{sample_hash, Health, RequestView, RetryPolicy, Sampling, Service};
 use crate::telemetry::Entry;
 
@@ -155,11 +155,13 @@ async fn forward(
         TeeBody::passthrough(body)
     } else {
         let request = Arc::new(MirrorRequest {
-            route: route.name.clone(),
-            request_id: request_id.clone(),
-            method: parts.method.clone(),
-            path_and_query: path_and_query.clone(),
-            host: host.clone(),
+            meta: MirrorMeta {
+                route: route.name.clone(),
+                request_id: request_id.clone(),
+                method: parts.method.clone(),
+                path_and_query: path_and_query.clone(),
+                host: host.clone(),
+            },
             headers: parts.headers.clone(),
         });
         if bodiless {

@@ -1,7 +1,9 @@
 //! Subcommands, one file each. `anyhow` lives here and in `main.rs` only.
 
 mod check;
+mod compare;
 mod demo;
+mod diffs;
 mod serve;
 
 use std::process::ExitCode;
@@ -27,6 +29,10 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Start a built-in v1 (primary) and v2 (shadow) behind the proxy and show mirroring live.
     Demo(demo::DemoArgs),
+    /// Report, per route, how the shadow answered compared with the primary (from the store).
+    Compare(compare::CompareArgs),
+    /// Show the newest pairs whose answers differ, side by side.
+    Diffs(diffs::DiffsArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -34,6 +40,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(a) => serve::run(*a),
         Command::Check(a) => check::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::Diffs(a) => diffs::run(a),
     };
     match result {
         Ok(code) => code,

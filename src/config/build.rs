@@ -170,6 +170,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         connect_timeout: c.connect_timeout,
         shutdown_timeout: c.shutdown_timeout,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        compare: None,
         table,
     }
 }
@@ -191,6 +192,11 @@ pub fn build_with_warnings(
         doc: None,
     };
     let common = common_settings(&cx, &f)?;
+    let compare = f
+        .compare
+        .as_ref()
+        .map(|c| compare_config(&cx, c))
+        .transpose()?;
     let shadow_defaults = shadow_settings(
         &cx,
         &f.mirror_defaults,
@@ -289,7 +295,64 @@ pub fn build_with_warnings(
         domains,
         routes,
     }]);
-    Ok((runtime(common, table), warnings))
+    let mut rt = runtime(common, table);
+    rt.compare = compare;
+    Ok((rt, warnings))
+}
+
+pub fn check_store_url(url: &str) -> Result<(), String> {
+    let ok = url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || url
+            .strip_prefix("sqlite:")
+            .is_some_and(|p| !p.trim_start_matches("//").is_empty())
+        || [".db", ".sqlite", ".sqlite3"]
+            .iter()
+            .any(|e| url.ends_with(e));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{url}`: use sqlite:PATH (or a .db path) or postgres://…"
+        ))
+    }
+}
+
+fn compare_config(
+    cx: &Ctx,
+    c: &super::native::CompareFile,
+) -> Result<crate::compare::CompareConfig, ConfigError> {
+    check_store_url(&c.store.value).map_err(|m| cx.err(&c.store.referenced, "compare.store", m))?;
+    let mut cfg = crate::compare::CompareConfig::new(c.store.value.clone());
+    if let Some(v) = &c.capture_body {
+        cfg.capture_bytes = parse_size(&v.value)
+            .map_err(|m| cx.err(&v.referenced, "compare.capture_body", m))?
+            as usize;
+    }
+    cfg.rules.ignore_headers = c
+        .ignore_headers
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    for (i, f) in c.ignore_fields.iter().enumerate() {
+        cfg.rules
+            .ignore_fields
+            .push(f.value.parse().map_err(|m: String| {
+                cx.err(&f.referenced, &format!("compare.ignore_fields[{i}]"), m)
+            })?);
+    }
+    if let Some(r) = &c.retention {
+        if let Some(a) = &r.max_age {
+            cfg.retention.max_age = cx.duration(a, "compare.retention.max_age")?;
+        }
+        if let Some(n) = &r.max_rows {
+            cfg.retention.max_rows = n.value;
+        }
+    }
+    if let Some(t) = &c.pair_timeout {
+        cfg.pair_timeout = cx.duration(t, "compare.pair_timeout")?;
+    }
+    Ok(cfg)
 }
 
 /// A service reference (`service` or `service` + `subset`) to the built service.

@@ -70,6 +70,47 @@ pub struct ServeFlags {
     /// Keep the shadow's Host unchanged (default: suffix `-shadow`).
     #[arg(long)]
     pub no_shadow_host_suffix: bool,
+    /// Compare shadows with the primary and record pairs here: sqlite:PATH or postgres://…
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// JSON path never reported as a difference (repeatable), e.g. '$.timestamp'.
+    #[arg(long, value_name = "PATH")]
+    pub compare_ignore_field: Vec<String>,
+    /// Header never reported as a difference (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub compare_ignore_header: Vec<String>,
+}
+
+/// `--store` and the `--compare-*` flags, over whatever the config said.
+fn overlay_compare(f: &ServeFlags, rt: &mut Runtime) -> Result<(), ConfigError> {
+    if let Some(url) = &f.store {
+        super::build::check_store_url(url).map_err(|m| flag_err("--store", m))?;
+        match rt.compare.as_mut() {
+            Some(c) => c.store = url.clone(),
+            None => rt.compare = Some(crate::compare::CompareConfig::new(url.clone())),
+        }
+    }
+    if f.compare_ignore_field.is_empty() && f.compare_ignore_header.is_empty() {
+        return Ok(());
+    }
+    let Some(c) = rt.compare.as_mut() else {
+        return Err(flag_err(
+            "--compare-ignore-field",
+            "comparing needs a store: add --store URL",
+        ));
+    };
+    for p in &f.compare_ignore_field {
+        c.rules.ignore_fields.push(
+            p.parse()
+                .map_err(|m: String| flag_err("--compare-ignore-field", m))?,
+        );
+    }
+    c.rules.ignore_headers.extend(
+        f.compare_ignore_header
+            .iter()
+            .map(|h| h.to_ascii_lowercase()),
+    );
+    Ok(())
 }
 
 fn s<T>(v: T) -> Spanned<T> {
@@ -143,6 +184,7 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
         mirror_defaults: shadow_file(f),
         services: s(services),
         hosts: None,
+        compare: None,
         routes: s(vec![RouteFile {
             name: s("default".into()),
             matches: Vec::new(),
@@ -183,6 +225,12 @@ pub fn load_with_warnings(
     f: &ServeFlags,
     metrics: &Metrics,
 ) -> Result<(Runtime, Vec<String>), ConfigError> {
+    let (mut rt, warnings) = load_config(f, metrics)?;
+    overlay_compare(f, &mut rt)?;
+    Ok((rt, warnings))
+}
+
+fn load_config(f: &ServeFlags, metrics: &Metrics) -> Result<(Runtime, Vec<String>), ConfigError> {
     if !f.config.is_empty()
         && (f.primary.is_some() || !f.shadow.is_empty() || f.mirror_percent.is_some())
     {

@@ -32,6 +32,8 @@ pub struct Runtime {
     pub shutdown_timeout: Duration,
     /// Worker threads, each with its own accept socket and upstream pools.
     pub workers: usize,
+    /// Compare shadows with the primary and record the pairs (`None`: mirror only).
+    pub compare: Option<crate::compare::CompareConfig>,
     pub table: Table,
 }
 

@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub services: S<Vec<ServiceFile>>,
     /// Request hosts these routes serve: exact, `*.suffix`, or `*` (default `["*"]`).
     pub hosts: Option<Vec<S<String>>>,
+    /// Compare each mirrored answer with the primary's and record the pairs.
+    pub compare: Option<CompareFile>,
     pub routes: S<Vec<RouteFile>>,
 }
 
@@ -171,4 +173,31 @@ pub struct MirrorFile {
 #[serde(deny_unknown_fields)]
 pub struct PercentageFile {
     pub value: S<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareFile {
+    /// `sqlite:PATH` (or a `.db` path) or `postgres://user:pass@host/db`.
+    pub store: S<String>,
+    /// Bytes of each body kept for diffing (default `64KiB`).
+    pub capture_body: Option<S<String>>,
+    /// Headers never reported as differences, besides the default noisy set.
+    #[serde(default)]
+    pub ignore_headers: Vec<String>,
+    /// JSON paths never reported: `$.timestamp`, `$.items[*].id`.
+    #[serde(default)]
+    pub ignore_fields: Vec<S<String>>,
+    pub retention: Option<RetentionFile>,
+    /// How long a shadow's answer waits for the primary's (default `30s`).
+    pub pair_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Pairs older than this are deleted (default `7d`).
+    pub max_age: Option<S<String>>,
+    /// At most this many pairs are kept (default 1000000).
+    pub max_rows: Option<S<u64>>,
 }

@@ -29,6 +29,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::compare::{Capture, Comparator, Observation, PrimaryWatch};
 use crate::routing::Service;
 use crate::telemetry::metrics::TargetStats;
 use crate::telemetry::{AccessLog, Entry, Metrics, MirrorOutcome};
@@ -271,6 +272,8 @@ pub struct MirrorMeta {
     pub path_and_query: PathAndQuery,
     /// The client's `Host` (or HTTP/2 `:authority`).
     pub host: Option<HeaderValue>,
+    /// The primary's answer, when the pair is to be compared.
+    pub primary: Option<PrimaryWatch>,
 }
 
 /// Everything a mirror task needs besides the request.
@@ -278,6 +281,7 @@ pub struct MirrorMeta {
 pub struct MirrorContext {
     pub client: ShadowClient,
     pub access_log: AccessLog,
+    pub compare: Option<Arc<Comparator>>,
 }
 
 /// An admitted copy: holds one of the shadow's in-flight slots until it is fired and done,
@@ -333,18 +337,37 @@ impl Ticket {
             shadow.in_flight.dec();
             drop(permit);
             drop(held);
-            let outcome = match outcome {
-                Ok(()) => {
+            let observed = match outcome {
+                Ok(obs) => {
                     shadow.breaker.on_success(probe);
-                    MirrorOutcome::succeeded
+                    counters.inc(MirrorOutcome::succeeded);
+                    obs
                 }
                 Err(o) => {
                     shadow.breaker.on_failure(probe);
-                    o
+                    counters.inc(o);
+                    None
                 }
             };
             shadow.circuit_open.set(i64::from(shadow.breaker.is_open()));
-            counters.inc(outcome);
+            // Pairing happens after the slot is free: a slow primary never holds shadow capacity.
+            if let (Some(s_obs), Some(cmp), Some(mut rx)) =
+                (observed, ctx.compare.as_ref(), meta.primary.clone())
+            {
+                let waited =
+                    tokio::time::timeout(cmp.config.pair_timeout, rx.wait_for(Option::is_some))
+                        .await;
+                match waited {
+                    Ok(Ok(p)) => {
+                        if let Some(p_obs) = p.as_ref() {
+                            let p_obs = p_obs.clone();
+                            drop(p);
+                            cmp.record(&meta, &shadow.name, &p_obs, &s_obs);
+                        }
+                    }
+                    _ => cmp.unpaired(&meta, &shadow.name),
+                }
+            }
         });
     }
 }
@@ -368,8 +391,13 @@ async fn send(
     req: &MirrorMeta,
     headers: HeaderMap,
     body: MirrorBody,
-) -> Result<(), MirrorOutcome> {
+) -> Result<Option<Observation>, MirrorOutcome> {
     let start = Instant::now();
+    let capture_cap = ctx
+        .compare
+        .as_ref()
+        .filter(|_| req.primary.is_some())
+        .map(|c| c.capture_bytes());
     // Latency is to the response head, as on the primary path, so the two compare.
     let log = |status: Option<u16>, upstream: &str, error: Option<&str>, elapsed: Duration| {
         if let Some(st) = status {
@@ -421,17 +449,35 @@ async fn send(
         let resp = ctx.client.request(r).await?;
         let status = resp.status().as_u16();
         let head_latency = start.elapsed();
-        // Read and discard the body: frame by frame, never buffered.
+        let headers = capture_cap.map(|_| resp.headers().clone());
+        // Read the body frame by frame: discarded, or kept up to the capture cap for comparing.
+        let mut capture = capture_cap.map(Capture::new);
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
-            frame?;
+            let frame = frame?;
+            if let (Some(c), Some(d)) = (capture.as_mut(), frame.data_ref()) {
+                c.push(d);
+            }
         }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, head_latency))
+        let observed = match (capture, headers) {
+            (Some(c), Some(headers)) => {
+                let (body, body_truncated) = c.finish();
+                Some(Observation {
+                    status,
+                    headers,
+                    latency_ms: head_latency.as_secs_f64() * 1000.0,
+                    body,
+                    body_truncated,
+                })
+            }
+            _ => None,
+        };
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, head_latency, observed))
     };
     match tokio::time::timeout(shadow.settings.timeout, exchange).await {
-        Ok(Ok((status, head_latency))) => {
+        Ok(Ok((status, head_latency, observed))) => {
             log(Some(status), upstream, None, head_latency);
-            Ok(())
+            Ok(observed)
         }
         Ok(Err(e)) => {
             let reason = crate::proxy::error_chain(&*e);

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use super::error::{error_chain, ProxyError};
 use super::headers;
 use super::{PrimaryBody, ProxyBody, State};
+use crate::compare::{ms_since, Capture, CaptureBody, PrimaryCapture};
 use crate::mirror::{MirrorBody, MirrorMeta, MirrorRequest, PendingMirror, TeeBody};
 use crate::routing::{sample_hash, Health, RequestView, RetryPolicy, Sampling, Service};
 use crate::telemetry::Entry;
@@ -151,6 +152,14 @@ async fn forward(
     }
     parts.headers.remove(HOST);
     let bodiless = body.is_end_stream();
+    // Pairs to compare: the shadows wait on this for the primary's observation.
+    let (compare_tx, primary_watch) = match &state.mirror.compare {
+        Some(_) if !tickets.is_empty() => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
     let body = if tickets.is_empty() {
         TeeBody::passthrough(body)
     } else {
@@ -161,6 +170,7 @@ async fn forward(
                 method: parts.method.clone(),
                 path_and_query: path_and_query.clone(),
                 host: host.clone(),
+                primary: primary_watch,
             },
             headers: parts.headers.clone(),
         });
@@ -231,6 +241,19 @@ async fn forward(
     let status = resp.status().as_u16();
     route.primary_stats.observe(status, start.elapsed());
     log_primary(state, &ctx, Some(status), start, None);
+    let resp = match (compare_tx, &state.mirror.compare) {
+        (Some(tx), Some(cmp)) => {
+            let capture = PrimaryCapture {
+                tx,
+                status,
+                headers: resp.headers().clone(),
+                latency_ms: ms_since(start),
+                capture: Capture::new(cmp.capture_bytes()),
+            };
+            resp.map(|b| CaptureBody::new(b, capture))
+        }
+        _ => resp.map(CaptureBody::passthrough),
+    };
     Ok(resp.map(Either::Left))
 }
 

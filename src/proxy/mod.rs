@@ -32,8 +32,9 @@ use crate::mirror::{MirrorContext, TeeBody};
 use crate::routing::Table;
 use crate::telemetry::{AccessLog, Metrics};
 
-/// What the client receives: the primary's streamed body, or a short local answer.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// What the client receives: the primary's streamed body (observed when compared), or a
+/// short local answer.
+pub type ProxyBody = Either<crate::compare::CaptureBody<Incoming>, Full<Bytes>>;
 
 /// A primary request's body: the client's, streamed through the mirror tee, or empty for a
 /// request that may be retried.
@@ -101,6 +102,9 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
     let access_log = AccessLog::start(&rt.access_log, metrics.access_log_dropped.clone())?;
     let table = Arc::new(ArcSwap::from_pointee(rt.table));
     let workers = rt.workers.max(1);
+    let comparator = rt
+        .compare
+        .map(|c| Arc::new(crate::compare::Comparator::start(c, metrics.clone())));
 
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut listen_addrs = Vec::new();
@@ -125,6 +129,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let table = table.clone();
         let metrics = metrics.clone();
         let access_log = access_log.clone();
+        let comparator = comparator.clone();
         let stop_rx = stop_rx.clone();
         let connect_timeout = rt.connect_timeout;
         let shutdown_timeout = rt.shutdown_timeout;
@@ -148,6 +153,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         mirror: MirrorContext {
                             client: client_builder().build(connector(connect_timeout)),
                             access_log: access_log.clone(),
+                            compare: comparator,
                         },
                         metrics,
                         access_log,

@@ -61,6 +61,20 @@ pub struct MirrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairLabels {
+    pub route: Arc<str>,
+    pub shadow: Arc<str>,
+    /// `same`, `status`, `body`, `headers`, `unpaired`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub route: Arc<str>,
+    pub shadow: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShadowLabels {
     pub shadow: Arc<str>,
 }
@@ -77,6 +91,18 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub connections: Gauge,
     pub access_log_dropped: Counter,
+    pairs: Family<PairLabels, Counter>,
+    drift: Family<DriftLabels, Histogram>,
+    pub store_written: Counter,
+    pub store_dropped: Counter,
+}
+
+fn drift_histogram() -> Histogram {
+    // Shadow minus primary latency, seconds: ±1 ms … ±10 s.
+    let pos = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    ];
+    Histogram::new(pos.iter().rev().map(|x| -x).chain([0.0]).chain(pos))
 }
 
 fn latency_histogram() -> Histogram {
@@ -105,6 +131,31 @@ impl Metrics {
         let in_flight = Gauge::default();
         let connections = Gauge::default();
         let access_log_dropped = Counter::default();
+        let pairs = Family::<PairLabels, Counter>::default();
+        let drift =
+            Family::<DriftLabels, Histogram>::new_with_constructor(drift_histogram as fn() -> _);
+        let store_written = Counter::default();
+        let store_dropped = Counter::default();
+        registry.register(
+            "mirror_pairs",
+            "Compared primary/shadow pairs by route, shadow and outcome (same, status, body, headers, unpaired)",
+            pairs.clone(),
+        );
+        registry.register(
+            "pair_latency_drift_seconds",
+            "Shadow minus primary time to response head, per compared pair",
+            drift.clone(),
+        );
+        registry.register(
+            "store_written",
+            "Compared pairs written to the store",
+            store_written.clone(),
+        );
+        registry.register(
+            "store_dropped",
+            "Compared pairs dropped because the store was slow or unavailable",
+            store_dropped.clone(),
+        );
         registry.register(
             "requests",
             "Upstream responses by route, target (primary or shadow name) and status code",
@@ -155,7 +206,28 @@ impl Metrics {
             in_flight,
             connections,
             access_log_dropped,
+            pairs,
+            drift,
+            store_written,
+            store_dropped,
         }
+    }
+
+    pub fn pair(&self, route: &Arc<str>, shadow: &Arc<str>, outcome: &'static str) -> Counter {
+        self.pairs.get_or_create_owned(&PairLabels {
+            route: route.clone(),
+            shadow: shadow.clone(),
+            outcome,
+        })
+    }
+
+    pub fn drift(&self, route: &Arc<str>, shadow: &Arc<str>, seconds: f64) {
+        self.drift
+            .get_or_create(&DriftLabels {
+                route: route.clone(),
+                shadow: shadow.clone(),
+            })
+            .observe(seconds);
     }
 
     /// A handle to one mirror-outcome counter, to keep on the hot path.

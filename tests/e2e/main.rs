@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod compare;
 mod mirror;
 mod primary;
 mod routing;

@@ -45,6 +45,9 @@ impl Recorded {
     }
 }
 
+/// Path → (status, content type, body).
+pub type Responder = Arc<dyn Fn(&str) -> (u16, &'static str, String) + Send + Sync>;
+
 #[derive(Clone)]
 pub enum Behavior {
     /// Answer 200 with this body.
@@ -57,6 +60,8 @@ pub enum Behavior {
     Never,
     /// Answer with `status` to the first N requests, then 200 `ok`.
     FailFirst(usize, u16),
+    /// Answer by path: (status, content type, body).
+    ByPath(Responder),
 }
 
 pub struct Upstream {
@@ -135,6 +140,14 @@ impl Upstream {
                             }
                             Behavior::FailFirst(..) => {
                                 Response::new(Full::new(Bytes::from_static(b"ok")))
+                            }
+                            Behavior::ByPath(f) => {
+                                let (status, ctype, body) = f(parts.uri.path());
+                                let mut r = Response::new(Full::new(Bytes::from(body)));
+                                *r.status_mut() = StatusCode::from_u16(status).expect("status");
+                                r.headers_mut()
+                                    .insert("content-type", ctype.parse().expect("ctype"));
+                                r
                             }
                         };
                         Ok::<_, Infallible>(resp)

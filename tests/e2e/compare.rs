@@ -287,11 +287,14 @@ async fn postgres_store_answers_the_runbook_query() {
         );
         return;
     };
-    {
-        let mut pg = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let reset = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut pg = postgres::Client::connect(&reset, postgres::NoTls).expect("connect");
         pg.batch_execute("DROP TABLE IF EXISTS mirror_latency")
             .expect("reset");
-    }
+    })
+    .await
+    .expect("join");
     let primary = Upstream::start(v1()).await;
     let shadow = Upstream::start(v2()).await;
     let proxy = Proxy::start(config_flags(&[config(

@@ -18,6 +18,10 @@ pub struct CompareArgs {
     /// Only this route.
     #[arg(long, value_name = "ROUTE")]
     pub route: Option<String>,
+    /// A shadow running the primary's version: fields differing between primary and it are
+    /// learned as noise per route and not reported against the other shadows (Diffy's method).
+    #[arg(long, value_name = "SHADOW")]
+    pub secondary: Option<String>,
     /// table (default) or json.
     #[arg(long, default_value = "table", value_name = "FORMAT")]
     pub format: String,
@@ -55,7 +59,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return usage(format!("{}: {e}", store::redact(&a.store))),
     };
-    let r = report::build(&rows);
+    let r = report::build_with_noise(&rows, a.secondary.as_deref());
     if a.format == "json" {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -54,6 +54,9 @@ pub struct RouteReport {
     /// Pairs whose status or body differ, over all pairs (what `--max-diff-rate` gates).
     pub diff_rate: f64,
     pub top_fields: Vec<FieldCount>,
+    /// Fields learned as noise from the secondary and left out of the rates above.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub noise_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -85,9 +88,66 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Per route, the share of primary/secondary pairs in which each (generalized) field differs.
+fn learn_noise(
+    rows: &[PairRow],
+    secondary: &str,
+) -> BTreeMap<String, (BTreeMap<String, f64>, f64)> {
+    let mut counts: BTreeMap<String, (BTreeMap<String, u64>, u64)> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.shadow == secondary) {
+        let e = counts.entry(r.route.clone()).or_default();
+        e.1 += 1;
+        for f in fields_of(r) {
+            *e.0.entry(f).or_insert(0) += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(route, (fields, n))| {
+            let total = n as f64;
+            (
+                route,
+                (
+                    fields
+                        .into_iter()
+                        .map(|(f, c)| (f, c as f64 / total))
+                        .collect(),
+                    total,
+                ),
+            )
+        })
+        .collect()
+}
+
+fn fields_of(r: &PairRow) -> Vec<String> {
+    let mut seen: Vec<String> = r
+        .diff_fields
+        .split(", ")
+        .filter(|f| !f.is_empty())
+        .map(generalize)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+/// Diffy's rule: a field is the candidate's only if it differs more often than between the
+/// primary and the secondary, by more than 20 % relatively and 0.03 % absolutely.
+pub fn is_signal(raw: f64, noise: f64) -> bool {
+    raw > noise && (raw - noise) / (raw + noise) > 0.20 && (raw - noise) > 0.0003
+}
+
 pub fn build(rows: &[PairRow]) -> Report {
+    build_with_noise(rows, None)
+}
+
+/// The report; with `secondary` (a shadow running the primary's version), fields that differ
+/// between primary and secondary are learned as noise per route and not held against the other
+/// shadows, and the secondary's own rows are left out.
+pub fn build_with_noise(rows: &[PairRow], secondary: Option<&str>) -> Report {
+    let noise = secondary.map(|s| learn_noise(rows, s)).unwrap_or_default();
     let mut groups: BTreeMap<(&str, &str), Vec<&PairRow>> = BTreeMap::new();
-    for r in rows {
+    for r in rows.iter().filter(|r| Some(r.shadow.as_str()) != secondary) {
         groups.entry((&r.route, &r.shadow)).or_default().push(r);
     }
     let mut routes: Vec<RouteReport> = groups
@@ -109,18 +169,24 @@ pub fn build(rows: &[PairRow]) -> Report {
             let serr = rate(&|r| r.shadow_status >= 500);
             let mut fields: BTreeMap<String, u64> = BTreeMap::new();
             for r in &rs {
-                let mut seen: Vec<String> = r
-                    .diff_fields
-                    .split(", ")
-                    .filter(|f| !f.is_empty())
-                    .map(generalize)
-                    .collect();
-                seen.sort();
-                seen.dedup();
-                for f in seen {
+                for f in fields_of(r) {
                     *fields.entry(f).or_insert(0) += 1;
                 }
             }
+            // Fields that are noise on this route: they do not count as differences.
+            let route_noise = noise.get(route);
+            let noisy: Vec<String> = match route_noise {
+                Some((rates, _)) => fields
+                    .iter()
+                    .filter(|(f, c)| {
+                        !is_signal(**c as f64 / n, rates.get(*f).copied().unwrap_or(0.0))
+                    })
+                    .map(|(f, _)| f.clone())
+                    .collect(),
+                None => Vec::new(),
+            };
+            fields.retain(|f, _| !noisy.contains(f));
+            let body_differs = |r: &PairRow| fields_of(r).iter().any(|f| !noisy.contains(f));
             let mut top: Vec<FieldCount> = fields
                 .into_iter()
                 .map(|(field, pairs)| FieldCount { field, pairs })
@@ -146,11 +212,14 @@ pub fn build(rows: &[PairRow]) -> Report {
                 p95_drift_ms: round3(sp95 - pp95),
                 status_mismatch_rate: round3(rate(&|r| r.diff_kind == "status")),
                 body_diff_rate: round3(rate(&|r| {
-                    r.diff_kind == "body" || (r.diff_kind == "status" && !r.diff_fields.is_empty())
+                    (r.diff_kind == "body" || r.diff_kind == "status") && body_differs(r)
                 })),
                 header_diff_rate: round3(rate(&|r| r.diff_kind == "headers")),
-                diff_rate: round3(rate(&|r| r.diff_kind == "status" || r.diff_kind == "body")),
+                diff_rate: round3(rate(&|r| {
+                    r.diff_kind == "status" || (r.diff_kind == "body" && body_differs(r))
+                })),
                 top_fields: top,
+                noise_fields: noisy,
             }
         })
         .collect();
@@ -309,5 +378,79 @@ mod tests {
             .iter()
             .any(|f| f.contains("route a") && f.contains("error-rate delta")));
         assert!(Gates::default().check(&r).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod noise_tests {
+    use super::*;
+
+    fn row(shadow: &str, fields: &str) -> PairRow {
+        PairRow {
+            ts_ms: 0,
+            route: "r".into(),
+            shadow: shadow.into(),
+            method: "GET".into(),
+            path: "/".into(),
+            request_id: "x".into(),
+            primary_status: 200,
+            shadow_status: 200,
+            primary_latency_ms: 1.0,
+            shadow_latency_ms: 1.0,
+            diff_kind: if fields.is_empty() {
+                "same".into()
+            } else {
+                "body".into()
+            },
+            diff_summary: String::new(),
+            diff_fields: fields.into(),
+            primary_body: None,
+            shadow_body: None,
+        }
+    }
+
+    #[test]
+    fn secondary_noise_is_not_held_against_the_candidate() {
+        let mut rows = Vec::new();
+        for i in 0..100 {
+            // The timestamp differs between any two answers; v2 also changes the price.
+            rows.push(row("v1b", "$.timestamp"));
+            rows.push(row(
+                "v2",
+                if i % 2 == 0 {
+                    "$.price, $.timestamp"
+                } else {
+                    "$.timestamp"
+                },
+            ));
+        }
+        let plain = build(&rows);
+        let v2 = plain.routes.iter().find(|r| r.shadow == "v2").expect("v2");
+        assert_eq!(v2.body_diff_rate, 1.0);
+        let learned = build_with_noise(&rows, Some("v1b"));
+        assert_eq!(
+            learned.routes.len(),
+            1,
+            "the secondary's own rows are not a report row"
+        );
+        let v2 = &learned.routes[0];
+        assert_eq!(v2.noise_fields, ["$.timestamp"]);
+        assert_eq!(
+            v2.top_fields,
+            [FieldCount {
+                field: "$.price".into(),
+                pairs: 50
+            }]
+        );
+        assert_eq!(v2.body_diff_rate, 0.5);
+        assert_eq!(v2.diff_rate, 0.5);
+    }
+
+    #[test]
+    fn diffy_thresholds() {
+        assert!(is_signal(0.5, 0.0));
+        assert!(!is_signal(0.5, 0.5));
+        assert!(!is_signal(0.55, 0.5), "within 20 % relative");
+        assert!(!is_signal(0.0002, 0.0), "below 0.03 % absolute");
     }
 }

@@ -357,3 +357,69 @@ async fn postgres_store_answers_the_runbook_query() {
     }
     assert_eq!(route(&j, "a")["status_mismatch_rate"], 1.0);
 }
+
+#[tokio::test]
+async fn noise_learned_from_a_secondary_removes_the_timestamp() {
+    let primary = Upstream::start(v1()).await;
+    let secondary = Upstream::start(v1()).await;
+    let candidate = Upstream::start(v2()).await;
+    let store = tmp_db("secondary");
+    let dir = std::env::temp_dir().join(format!("mirrorctl-sec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let cfg = dir.join("secondary.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listeners: [127.0.0.1:0]
+services:
+  - {{name: v1, endpoints: ['{}']}}
+  - {{name: v1b, endpoints: ['{}']}}
+  - {{name: v2, endpoints: ['{}']}}
+compare: {{store: '{store}'}}
+routes:
+  - name: b
+    route: [{{destination: v1}}]
+    mirrors: [{{destination: v2}}, {{destination: v1b}}]
+",
+            primary.addr, secondary.addr, candidate.addr
+        ),
+    )
+    .expect("write");
+    let proxy = Proxy::start(config_flags(&[cfg])).await;
+    let c = client();
+    for i in 0..20 {
+        assert_eq!(
+            get_with(&c, &proxy.url(&format!("/b/{i}")), &[]).await.0,
+            200
+        );
+    }
+    proxy
+        .wait_metric("mirrorctl_store_written_total", |v| v >= 40.0)
+        .await;
+    proxy.stop().await;
+
+    // Without the secondary, the ever-changing timestamp drowns the real change.
+    let (_, out, _) = compare_cli(&store, &["--format", "json"]);
+    let j: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let fields: Vec<&str> = j["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter(|r| r["shadow"] == "v2")
+        .flat_map(|r| r["top_fields"].as_array().expect("fields").iter())
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    assert!(fields.contains(&"$.timestamp"), "{fields:?}");
+    // With it, the timestamp is learned as noise and only the price is reported.
+    let (code, out, err) = compare_cli(&store, &["--format", "json", "--secondary", "v1b"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let routes = j["routes"].as_array().expect("routes");
+    assert_eq!(routes.len(), 1, "only the candidate: {j}");
+    let v2 = &routes[0];
+    assert_eq!(v2["shadow"], "v2");
+    assert_eq!(v2["noise_fields"][0], "$.timestamp");
+    assert_eq!(v2["top_fields"].as_array().map(Vec::len), Some(1), "{v2}");
+    assert_eq!(v2["top_fields"][0]["field"], "$.price");
+    assert_eq!(v2["body_diff_rate"], 1.0);
+}

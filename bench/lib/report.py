@@ -17,6 +17,8 @@ SC_DESC = {
     "N": "100% mirror, new connection per request",
 }
 ORDER = "ABCDEFPN"
+SHORT = {"A": "direct", "B": "no mirror", "C": "fast shadow", "D": "slow shadow", "E": "port closed",
+         "F": "blackhole", "P": "POST 64 KiB", "N": "conn/request"}
 MIB = 32  # memory target, MiB
 
 
@@ -200,11 +202,17 @@ def chart(M, proxies, scenarios, path):
     for ax, title, ylabel in ((axes[0], "Throughput (higher is better)", "requests/s"),
                               (axes[1], "p99 latency (lower is better, log scale)", "ms")):
         ax.set_xticks(range(len(sc)))
-        ax.set_xticklabels([f"{s}\n{SC_DESC[s].replace('100% mirror', 'mirror')[:22]}" for s in sc], fontsize=7)
+        ax.set_xticklabels([f"{s}\n{SHORT[s]}" for s in sc], fontsize=8)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.legend()
     axes[1].set_yscale("log")
+    for j, s in enumerate(sc):  # label throughput bars too small to see
+        for i, p in enumerate(proxies):
+            v = M.get(p, {}).get(s, {}).get("rps")
+            if v is not None and v < 1000:
+                x = j + (i - (len(proxies) - 1) / 2) * width
+                axes[0].annotate(f"{v:.0f}", (x, v), ha="center", va="bottom", fontsize=7)
     fig.suptitle("mirrorctl vs nginx 1.22 mirror, wrk 32 connections, loopback, 2 cores")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -7,6 +7,7 @@
 //! reading the live state. [`cli`] holds the subcommands.
 
 pub mod admin;
+pub mod body;
 pub mod cli;
 pub mod compare;
 pub mod config;

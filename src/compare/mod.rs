@@ -9,20 +9,17 @@
 pub mod diff;
 pub mod report;
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::sync::watch;
 
 pub use diff::{Observation, Rules};
 use report::PairRow;
 
+use crate::body::{Observed, Observer};
 use crate::mirror::MirrorMeta;
 use crate::store::{Retention, Writer};
 use crate::telemetry::Metrics;
@@ -189,72 +186,21 @@ impl PrimaryCapture {
     }
 }
 
-pin_project! {
-    /// The primary's response body on its way to the client, observed for comparison.
-    pub struct CaptureBody<B> {
-        #[pin]
-        inner: B,
-        capture: Option<PrimaryCapture>,
-    }
-}
+/// The primary's response body on its way to the client, observed for comparison.
+pub type CaptureBody<B> = Observed<B, PrimaryCapture>;
 
-impl<B> CaptureBody<B> {
-    pub fn passthrough(inner: B) -> Self {
-        CaptureBody {
-            inner,
-            capture: None,
-        }
+impl Observer for PrimaryCapture {
+    fn data(&mut self, chunk: &Bytes) -> bool {
+        self.capture.push(chunk);
+        true
     }
 
-    pub fn new(inner: B, capture: PrimaryCapture) -> Self {
-        CaptureBody {
-            inner,
-            capture: Some(capture),
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for CaptureBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let polled = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(c) = this.capture.as_mut() {
-            match &polled {
-                Some(Ok(frame)) => {
-                    if let Some(d) = frame.data_ref() {
-                        c.capture.push(d);
-                    }
-                    if this.inner.is_end_stream() {
-                        if let Some(c) = this.capture.take() {
-                            c.publish();
-                        }
-                    }
-                }
-                None => {
-                    if let Some(c) = this.capture.take() {
-                        c.publish();
-                    }
-                }
-                // A body that fails is not a pair: dropping the sender tells the shadows.
-                Some(Err(_)) => *this.capture = None,
-            }
-        }
-        Poll::Ready(polled)
+    fn end(self) {
+        self.publish();
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    /// A body that fails is not a pair: dropping the sender tells the shadows.
+    fn error(self) {}
 }
 
 /// Milliseconds since `start`.

@@ -14,7 +14,7 @@ mod tee;
 
 pub use breaker::{Admit, Breaker};
 pub use sample::Sampler;
-pub use tee::{ChunksBody, MirrorBody, PendingMirror, TeeBody};
+pub use tee::{ChunksBody, MirrorBody, PendingMirror, Tee, TeeBody};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

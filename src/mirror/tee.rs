@@ -9,13 +9,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 
 use super::{MirrorContext, MirrorRequest, Ticket};
+use crate::body::{Observed, Observer};
 use crate::telemetry::MirrorOutcome;
 
 /// Copies waiting for the end of the body.
@@ -27,47 +27,23 @@ pub struct PendingMirror {
     pub cap: u64,
 }
 
-struct Tee {
+/// The tee's observer: keeps references to the chunks until the body ends.
+pub struct Tee {
     pending: PendingMirror,
     chunks: Vec<Bytes>,
     len: u64,
 }
 
-pin_project! {
-    /// The primary's request body, optionally teed to the mirrors.
-    pub struct TeeBody<B> {
-        #[pin]
-        inner: B,
-        tee: Option<Tee>,
-    }
-}
-
-impl<B> TeeBody<B> {
-    pub fn passthrough(inner: B) -> Self {
-        TeeBody { inner, tee: None }
-    }
-
-    pub fn new(inner: B, pending: PendingMirror) -> Self {
-        TeeBody {
-            inner,
-            tee: Some(Tee {
-                pending,
-                chunks: Vec::new(),
-                len: 0,
-            }),
-        }
-    }
-}
+/// The primary's request body, optionally teed to the mirrors.
+pub type TeeBody<B> = Observed<B, Tee>;
 
 impl Tee {
-    fn push(mut self, data: &Bytes) -> Option<Tee> {
-        self.len += data.len() as u64;
-        if self.len > self.pending.cap {
-            self.abandon(MirrorOutcome::body_too_large);
-            return None;
+    pub fn new(pending: PendingMirror) -> Tee {
+        Tee {
+            pending,
+            chunks: Vec::new(),
+            len: 0,
         }
-        self.chunks.push(data.clone());
-        Some(self)
     }
 
     fn abandon(self, outcome: MirrorOutcome) {
@@ -75,8 +51,23 @@ impl Tee {
             t.abandon(outcome);
         }
     }
+}
 
-    fn finish(self) {
+impl Observer for Tee {
+    fn data(&mut self, data: &Bytes) -> bool {
+        self.len += data.len() as u64;
+        if self.len > self.pending.cap {
+            for t in std::mem::take(&mut self.pending.tickets) {
+                t.abandon(MirrorOutcome::body_too_large);
+            }
+            self.chunks.clear();
+            return false;
+        }
+        self.chunks.push(data.clone());
+        true
+    }
+
+    fn end(self) {
         let body = MirrorBody::new(self.chunks);
         let PendingMirror {
             ctx,
@@ -88,56 +79,9 @@ impl Tee {
             t.fire(&ctx, request.clone(), body.clone());
         }
     }
-}
 
-impl<B> Body for TeeBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let polled = ready!(this.inner.as_mut().poll_frame(cx));
-        if this.tee.is_none() {
-            return Poll::Ready(polled);
-        }
-        match &polled {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.tee = this.tee.take().and_then(|t| t.push(data));
-                }
-                // A body whose last data frame says "end" may not be polled again.
-                if this.inner.is_end_stream() {
-                    if let Some(t) = this.tee.take() {
-                        t.finish();
-                    }
-                }
-            }
-            None => {
-                if let Some(t) = this.tee.take() {
-                    t.finish();
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(t) = this.tee.take() {
-                    t.abandon(MirrorOutcome::body_incomplete);
-                }
-            }
-        }
-        Poll::Ready(polled)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn error(self) {
+        self.abandon(MirrorOutcome::body_incomplete);
     }
 }
 

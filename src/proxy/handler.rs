@@ -25,7 +25,7 @@ use super::error::{error_chain, ProxyError};
 use super::headers;
 use super::{PrimaryBody, ProxyBody, State};
 use crate::compare::{ms_since, Capture, CaptureBody, PrimaryCapture};
-use crate::mirror::{MirrorBody, MirrorMeta, MirrorRequest, PendingMirror, TeeBody};
+use crate::mirror::{MirrorBody, MirrorMeta, MirrorRequest, PendingMirror, Tee, TeeBody};
 use crate::routing::{sample_hash, Health, RequestView, RetryPolicy, Sampling, Service};
 use crate::telemetry::Entry;
 
@@ -187,12 +187,12 @@ async fn forward(
                 .unwrap_or(0);
             TeeBody::new(
                 body,
-                PendingMirror {
+                Tee::new(PendingMirror {
                     ctx: state.mirror.clone(),
                     request,
                     tickets,
                     cap,
-                },
+                }),
             )
         }
     };

@@ -413,63 +413,20 @@ routes:
     );
     let proxy = Proxy::start(config_flags(&[cfg])).await;
     let c = client();
-    let body = |r: (http::StatusCode, http::HeaderMap, bytes::Bytes)| {
-        String::from_utf8_lossy(&r.2).into_owned()
-    };
-    assert_eq!(
-        body(
-            get_with(
-                &c,
-                &proxy.url("/users/42?debug=1"),
-                &[("host", "api.example")]
-            )
-            .await
+    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+        ("/users/42?debug=1", &[("host", "api.example")], "b"),
+        ("/users/42?debug=0", &[("host", "api.example")], "a"),
+        ("/users/x?debug=1", &[("host", "api.example")], "a"),
+        ("/users/42?debug=1", &[("host", "web.example")], "a"),
+        (
+            "/users/42?debug=1",
+            &[("host", "api.example"), ("x-block", "1")],
+            "a",
         ),
-        "b"
-    );
-    assert_eq!(
-        body(
-            get_with(
-                &c,
-                &proxy.url("/users/42?debug=0"),
-                &[("host", "api.example")]
-            )
-            .await
-        ),
-        "a"
-    );
-    assert_eq!(
-        body(
-            get_with(
-                &c,
-                &proxy.url("/users/x?debug=1"),
-                &[("host", "api.example")]
-            )
-            .await
-        ),
-        "a"
-    );
-    assert_eq!(
-        body(
-            get_with(
-                &c,
-                &proxy.url("/users/42?debug=1"),
-                &[("host", "web.example")]
-            )
-            .await
-        ),
-        "a"
-    );
-    assert_eq!(
-        body(
-            get_with(
-                &c,
-                &proxy.url("/users/42?debug=1"),
-                &[("host", "api.example"), ("x-block", "1")]
-            )
-            .await
-        ),
-        "a"
-    );
+    ];
+    for (path, headers, want) in cases {
+        let (_, _, body) = get_with(&c, &proxy.url(path), headers).await;
+        assert_eq!(String::from_utf8_lossy(&body), want, "{path} {headers:?}");
+    }
     proxy.stop().await;
 }

@@ -1,0 +1,98 @@
+//! A body that streams through untouched while an [`Observer`] sees each data chunk and learns
+//! how the body ended. The mirror tee and the compare capture are both observers; the subtle
+//! part — a body whose last data frame already says "end" may never be polled again — lives
+//! here once.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// Sees a body go by. Dropped without `end` or `error` when the body is dropped early.
+pub trait Observer {
+    /// One data chunk; `false` stops observing (the observer is then dropped).
+    fn data(&mut self, chunk: &Bytes) -> bool;
+    /// The body ended normally.
+    fn end(self);
+    /// The body failed.
+    fn error(self);
+}
+
+pin_project! {
+    pub struct Observed<B, O> {
+        #[pin]
+        inner: B,
+        observer: Option<O>,
+    }
+}
+
+impl<B, O> Observed<B, O> {
+    pub fn passthrough(inner: B) -> Self {
+        Observed {
+            inner,
+            observer: None,
+        }
+    }
+
+    pub fn new(inner: B, observer: O) -> Self {
+        Observed {
+            inner,
+            observer: Some(observer),
+        }
+    }
+}
+
+impl<B, O> Body for Observed<B, O>
+where
+    B: Body<Data = Bytes>,
+    O: Observer,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
+        if this.observer.is_none() {
+            return Poll::Ready(polled);
+        }
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if this.observer.as_mut().is_some_and(|o| !o.data(data)) {
+                        *this.observer = None;
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    if let Some(o) = this.observer.take() {
+                        o.end();
+                    }
+                }
+            }
+            None => {
+                if let Some(o) = this.observer.take() {
+                    o.end();
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(o) = this.observer.take() {
+                    o.error();
+                }
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

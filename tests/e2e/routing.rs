@@ -413,7 +413,9 @@ routes:
     );
     let proxy = Proxy::start(config_flags(&[cfg])).await;
     let c = client();
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    // (path, headers, the service that must answer)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         ("/users/42?debug=1", &[("host", "api.example")], "b"),
         ("/users/42?debug=0", &[("host", "api.example")], "a"),
         ("/users/x?debug=1", &[("host", "api.example")], "a"),

@@ -11,6 +11,7 @@ pub mod body;
 pub mod cli;
 pub mod compare;
 pub mod config;
+pub mod control;
 pub mod mirror;
 pub mod proxy;
 pub mod routing;

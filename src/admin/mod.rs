@@ -1,30 +1,39 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/status` (routes, mirrors,
-//! shadow state as JSON). Read-only for now; it must never share a port with client traffic.
+//! The admin listener: reads (`/metrics`, `/healthz`, `/status`, `/config`) and, with a bearer
+//! token, live changes (mirrors, weights, promote, rollback, schedules, reload).
+//!
+//! The token is checked before a request body is read, bodies are capped at 64 KiB, and the
+//! comparison takes the same time whatever the token. It must never share a port with client
+//! traffic.
+
+mod api;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use arc_swap::ArcSwap;
+pub use api::{handle, status, StatusDoc};
 
+use crate::control::Control;
 use crate::routing::Table;
 use crate::telemetry::Metrics;
-use crate::telemetry::MirrorOutcome;
 
-/// What the admin listener reads.
+/// What the admin listener reads and changes.
 pub struct AdminState {
     pub table: Arc<ArcSwap<Table>>,
     pub metrics: Arc<Metrics>,
+    pub control: Option<Arc<Control>>,
+    /// Required for every change; `None` = changes refused.
+    pub token: Option<String>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -43,7 +52,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
@@ -51,28 +60,6 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
         tokio::spawn(async move {
             let _ = conn.await;
         });
-    }
-}
-
-/// Route one admin request. Pure apart from reading `state`: testable without a socket.
-pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(),
-        ),
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/status") => {
-            let body = serde_json::to_string_pretty(&status(state)).unwrap_or_default();
-            text(StatusCode::OK, "application/json", body + "\n")
-        }
-        (_, "/metrics" | "/healthz" | "/status") => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
@@ -84,75 +71,28 @@ fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<
     r
 }
 
-#[derive(Serialize)]
-pub struct StatusDoc {
-    pub routes: Vec<RouteStatus>,
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    text(status, "application/json", format!("{v:#}\n"))
 }
 
-#[derive(Serialize)]
-pub struct RouteStatus {
-    pub name: String,
-    pub destinations: Vec<DestinationStatus>,
-    pub mirrors: Vec<MirrorStatus>,
+/// Equal-time comparison: how much of the token matched is not observable.
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
 }
 
-#[derive(Serialize)]
-pub struct DestinationStatus {
-    pub service: String,
-    pub weight: u32,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Serialize)]
-pub struct MirrorStatus {
-    pub shadow: String,
-    pub percent: f64,
-    pub in_flight: usize,
-    pub circuit_open: bool,
-    pub sent: u64,
-    pub succeeded: u64,
-    pub dropped: u64,
-}
-
-pub fn status(state: &AdminState) -> StatusDoc {
-    let table = state.table.load();
-    StatusDoc {
-        routes: table
-            .routes()
-            .map(|r| RouteStatus {
-                name: r.name.to_string(),
-                destinations: r
-                    .destinations
-                    .iter()
-                    .map(|d| DestinationStatus {
-                        service: d.service.name.clone(),
-                        weight: d.weight,
-                    })
-                    .collect(),
-                mirrors: r
-                    .mirrors
-                    .iter()
-                    .map(|m| {
-                        let c = &m.counters;
-                        MirrorStatus {
-                            shadow: m.shadow.name.to_string(),
-                            percent: m.sampler.percent(),
-                            in_flight: m.shadow.in_flight(),
-                            circuit_open: m.shadow.breaker.is_open(),
-                            sent: c.get(MirrorOutcome::sent),
-                            succeeded: c.get(MirrorOutcome::succeeded),
-                            dropped: [
-                                MirrorOutcome::body_too_large,
-                                MirrorOutcome::overload,
-                                MirrorOutcome::circuit_open,
-                                MirrorOutcome::body_incomplete,
-                            ]
-                            .iter()
-                            .map(|o| c.get(*o))
-                            .sum(),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect(),
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(b"secret", b"secret"));
+        assert!(!token_matches(b"secreT", b"secret"));
+        assert!(!token_matches(b"secret1", b"secret"));
+        assert!(!token_matches(b"", b"secret"));
     }
 }

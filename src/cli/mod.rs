@@ -2,6 +2,7 @@
 
 mod check;
 mod compare;
+mod ctl;
 mod demo;
 mod diffs;
 mod serve;
@@ -33,6 +34,8 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Show the newest pairs whose answers differ, side by side.
     Diffs(diffs::DiffsArgs),
+    #[command(flatten)]
+    Ctl(ctl::Ctl),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Diffs(a) => diffs::run(a),
+        Command::Ctl(c) => ctl::run(c),
     };
     match result {
         Ok(code) => code,
@@ -59,6 +63,8 @@ pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs piped to files or collectors stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -26,6 +26,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             if let Some(w) = a.workers {
                 r.workers = w.max(1);
             }
+            if r.control.state.is_none() {
+                r.control.state = Some("mirrorctl.state.json".into());
+            }
             r
         }
         Err(e) => {
@@ -37,7 +40,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     runtime.block_on(async move {
         // Handlers first: a signal that arrives once we say "serving" must stop us gracefully.
-        let signals = Signals::install()?;
+        let mut signals = Signals::install()?;
         let running = crate::proxy::start(rt_cfg, metrics).await?;
         for a in &running.listen_addrs {
             tracing::info!(listen = %a, "serving");
@@ -45,7 +48,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(a) = running.admin_addr {
             tracing::info!(admin = %a, "admin listening");
         }
-        signals.wait().await;
+        // SIGHUP re-reads the config; a bad file keeps the running table.
+        while signals.wait().await == Stop::Reload {
+            match running.control.reload("SIGHUP") {
+                Ok(()) => tracing::info!("config reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),
+            }
+        }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -56,6 +65,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[derive(PartialEq)]
+enum Stop {
+    Shutdown,
+    Reload,
 }
 
 impl Signals {
@@ -64,13 +80,15 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait(mut self) {
+    async fn wait(&mut self) -> Stop {
         tokio::select! {
-            _ = self.term.recv() => {},
-            _ = self.int.recv() => {},
+            _ = self.term.recv() => Stop::Shutdown,
+            _ = self.int.recv() => Stop::Shutdown,
+            _ = self.hup.recv() => Stop::Reload,
         }
     }
 }

@@ -102,6 +102,8 @@ impl<'m> Builder<'m> {
         Table {
             services: self.services,
             virtual_hosts,
+            shadows: Arc::new(std::sync::Mutex::new(self.shadows)),
+            shadow_settings: self.shadow_settings,
         }
     }
 }
@@ -171,6 +173,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         shutdown_timeout: c.shutdown_timeout,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         compare: None,
+        control: Default::default(),
         table,
     }
 }

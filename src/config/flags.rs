@@ -70,6 +70,20 @@ pub struct ServeFlags {
     /// Keep the shadow's Host unchanged (default: suffix `-shadow`).
     #[arg(long)]
     pub no_shadow_host_suffix: bool,
+    /// Keep live changes and schedules in this file across restarts.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Bearer token for admin changes (or the file's first line with --admin-token-file).
+    #[arg(
+        long = "admin-token",
+        env = "MIRRORCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+    /// File whose first line is the admin bearer token.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Compare shadows with the primary and record pairs here: sqlite:PATH or postgres://…
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
@@ -227,7 +241,42 @@ pub fn load_with_warnings(
 ) -> Result<(Runtime, Vec<String>), ConfigError> {
     let (mut rt, warnings) = load_config(f, metrics)?;
     overlay_compare(f, &mut rt)?;
+    rt.control.state = f.state.clone();
+    rt.control.token = admin_token(f)?;
+    if let Some(a) = rt.admin {
+        if !a.ip().is_loopback() && rt.control.token.is_none() {
+            return Err(flag_err(
+                "--admin",
+                format!("{a} is not loopback: a non-loopback admin listener needs a token (MIRRORCTL_TOKEN or --admin-token-file)"),
+            ));
+        }
+    }
+    if !f.config.is_empty() {
+        let again = f.clone();
+        rt.control.reloader = Some(Box::new(move |m: &Metrics| {
+            load_config(&again, m)
+                .map(|(rt, _)| rt.table)
+                .map_err(|e| e.to_string())
+        }));
+    }
     Ok((rt, warnings))
+}
+
+/// The admin token: `--admin-token`/`MIRRORCTL_TOKEN`, or the first line of `--admin-token-file`.
+pub fn admin_token(f: &ServeFlags) -> Result<Option<String>, ConfigError> {
+    let token = match (&f.admin_token, &f.admin_token_file) {
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| flag_err("--admin-token-file", format!("{}: {e}", path.display())))?;
+            Some(text.lines().next().unwrap_or("").trim().to_owned())
+        }
+        (Some(t), None) => Some(t.trim().to_owned()),
+        (None, None) => None,
+    };
+    match token {
+        Some(t) if t.len() < 16 => Err(flag_err("admin token", "use at least 16 characters")),
+        other => Ok(other),
+    }
 }
 
 fn load_config(f: &ServeFlags, metrics: &Metrics) -> Result<(Runtime, Vec<String>), ConfigError> {

@@ -34,7 +34,30 @@ pub struct Runtime {
     pub workers: usize,
     /// Compare shadows with the primary and record the pairs (`None`: mirror only).
     pub compare: Option<crate::compare::CompareConfig>,
+    /// Live control: state file, admin token, how to reload.
+    pub control: ControlOptions,
     pub table: Table,
+}
+
+/// Live-control settings (from flags; config files do not carry secrets or state paths).
+#[derive(Default)]
+pub struct ControlOptions {
+    /// Where live changes and schedules are kept across restarts (`None`: memory only).
+    pub state: Option<std::path::PathBuf>,
+    /// Bearer token required by every admin change.
+    pub token: Option<String>,
+    /// Rebuilds the table from the config files (reload, SIGHUP).
+    pub reloader: Option<crate::control::Reloader>,
+}
+
+impl fmt::Debug for ControlOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlOptions")
+            .field("state", &self.state)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("reloader", &self.reloader.is_some())
+            .finish()
+    }
 }
 
 /// A configuration problem and where it is.

@@ -59,6 +59,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub table: Arc<ArcSwap<Table>>,
     pub metrics: Arc<Metrics>,
+    pub control: Arc<crate::control::Control>,
+    scheduler: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     workers: Vec<oneshot::Receiver<()>>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
@@ -180,6 +182,14 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
             })?;
     }
 
+    let control = crate::control::Control::start(
+        table.clone(),
+        metrics.clone(),
+        rt.control.state.clone(),
+        rt.control.reloader,
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let scheduler = tokio::spawn(control.clone().scheduler(stop_rx.clone()));
     let (admin_addr, admin_task) = match rt.admin {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|e| {
@@ -189,6 +199,8 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
             let admin = crate::admin::AdminState {
                 table: table.clone(),
                 metrics: metrics.clone(),
+                control: Some(control.clone()),
+                token: rt.control.token.clone(),
             };
             (
                 Some(a),
@@ -206,6 +218,8 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         admin_addr,
         table,
         metrics,
+        control,
+        scheduler,
         stop,
         workers: done,
         admin_task,
@@ -227,6 +241,7 @@ impl Running {
         if let Some(t) = self.admin_task {
             t.abort();
         }
+        self.scheduler.abort();
     }
 
     /// Replace the routing table; requests already routed finish on the old one.

@@ -23,10 +23,16 @@ pub use crate::mirror::{MirrorPolicy, Sampler};
 use crate::telemetry::metrics::TargetStats;
 
 /// One validated, immutable routing table.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct Table {
     pub services: Vec<Arc<Service>>,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Every service's state as a mirror target, made when first mirrored to; carried from
+    /// table to table so in-flight limits and breakers survive live changes.
+    pub shadows:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<crate::mirror::Shadow>>>>,
+    /// How each service is treated when it becomes a mirror target.
+    pub shadow_settings: std::collections::HashMap<String, crate::mirror::ShadowSettings>,
 }
 
 /// Which request hosts a group of routes serves (Istio `VirtualService.hosts`).
@@ -49,7 +55,7 @@ impl Domain {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<Domain>,
@@ -66,7 +72,7 @@ pub struct Service {
 }
 
 /// A route: the first one whose matches accept a request handles it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub name: Arc<str>,
     /// Empty means "match everything".
@@ -120,6 +126,21 @@ impl Route {
             mirrors,
             action,
             total_weight,
+        }
+    }
+
+    /// The same route sending elsewhere: new destinations and mirrors, same matches, action
+    /// and metrics.
+    pub fn with_targets(
+        &self,
+        destinations: Vec<WeightedDestination>,
+        mirrors: Vec<MirrorPolicy>,
+    ) -> Route {
+        Route {
+            total_weight: destinations.iter().map(|d| d.weight).sum(),
+            destinations,
+            mirrors,
+            ..self.clone()
         }
     }
 
@@ -291,6 +312,8 @@ mod tests {
         let all = route("default", vec![], vec![(v1.clone(), 1)]);
         let t = Table {
             services: vec![v1, v2],
+            shadows: Default::default(),
+            shadow_settings: Default::default(),
             virtual_hosts: vec![VirtualHost {
                 name: "all".into(),
                 domains: vec![Domain::Any],
@@ -314,6 +337,8 @@ mod tests {
         };
         let t = Table {
             services: vec![s.clone()],
+            shadows: Default::default(),
+            shadow_settings: Default::default(),
             virtual_hosts: vec![
                 vh("any", &["*"]),
                 vh("wild", &["*.example.com"]),
@@ -334,6 +359,8 @@ mod tests {
         assert_eq!(select(&t, &p, "other"), Some("any"));
         let no_any = Table {
             services: vec![s.clone()],
+            shadows: Default::default(),
+            shadow_settings: Default::default(),
             virtual_hosts: vec![vh("exact", &["my-app"])],
         };
         assert_eq!(select(&no_any, &p, "other"), None);

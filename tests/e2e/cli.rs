@@ -284,3 +284,92 @@ spec:
         "{err}"
     );
 }
+
+#[test]
+fn sighup_reloads_and_a_bad_file_is_refused() {
+    let dir = std::env::temp_dir().join(format!("mirrorctl-hup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let cfg = dir.join("mirror.yaml");
+    let write = |pct: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "listeners: [127.0.0.1:0]\nadmin: 127.0.0.1:0\naccess_log: 'off'\nservices:\n  - {{name: v1, endpoints: ['127.0.0.1:9']}}\n  - {{name: v2, endpoints: ['127.0.0.1:9']}}\nroutes:\n  - {{name: default, route: [{{destination: v1}}], mirrors: [{{destination: v2, percent: {pct}}}]}}\n"
+            ),
+        )
+        .expect("write")
+    };
+    write("10");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--state"])
+        .arg(dir.join("state.json"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+                if l.contains(needle) {
+                    return l;
+                }
+            }
+        }
+        panic!("no log line with `{needle}`");
+    };
+    let admin_line = wait_for("admin listening");
+    let admin = admin_line
+        .rsplit("admin=")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill")
+    };
+    std::fs::write(&cfg, "routes: [\n").expect("break");
+    hup(child.id());
+    let refused = wait_for("reload refused");
+    assert!(refused.contains("unclosed bracket"), "{refused}");
+    write("50");
+    hup(child.id());
+    wait_for("config reloaded");
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mirror v2 50%"), "{text}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let end = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

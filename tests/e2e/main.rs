@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod compare;
+mod control;
 mod mirror;
 mod primary;
 mod routing;

@@ -13,7 +13,8 @@ use crate::telemetry::MirrorOutcome;
 
 const MAX_BODY: usize = 64 * 1024;
 
-pub async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Full<Bytes>>
+/// `peer` names who asked, for the audit log.
+pub async fn handle<B>(state: &AdminState, req: Request<B>, peer: &str) -> Response<Full<Bytes>>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -99,7 +100,8 @@ where
             )
         }
     };
-    let who = "admin-api";
+    let who = format!("admin-api {peer}");
+    let who = who.as_str();
     let seg = |i: usize| segs.get(i).map(String::as_str).unwrap_or("");
     let result: Result<serde_json::Value, ControlError> = match (method, seg(0), seg(2)) {
         (Method::POST, "reload", _) => control.reload(who).map(|()| json!({"reloaded": true})),

@@ -39,7 +39,7 @@ pub struct AdminState {
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(_) => {
@@ -52,7 +52,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            async move { Ok::<_, Infallible>(handle(&state, req, &peer.to_string()).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)

@@ -373,3 +373,26 @@ fn sighup_reloads_and_a_bad_file_is_refused() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_non_loopback_admin_listener_needs_a_token() {
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--primary",
+            "http://127.0.0.1:9",
+            "--admin",
+            "0.0.0.0:0",
+        ])
+        .env_remove("MIRRORCTL_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "--admin: 0.0.0.0:0 is not loopback: a non-loopback admin listener needs a token"
+        ),
+        "{err}"
+    );
+}

@@ -241,6 +241,18 @@ async fn promote_rollback_and_weights_under_load_fail_no_request() {
         .map(|v| v["change"]["action"].as_str().unwrap_or("").to_owned())
         .collect();
     assert_eq!(actions, ["promote", "rollback", "set-weight"]);
+    let first: Value = serde_json::from_str(audit.lines().next().expect("line")).expect("json");
+    assert!(
+        first["who"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("admin-api 127.0.0.1:")),
+        "{first}"
+    );
+    assert!(
+        first["ts"].is_string()
+            && first["change"]["before"].is_object()
+            && first["change"]["after"].is_object()
+    );
     proxy.stop().await;
 }
 

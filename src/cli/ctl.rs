@@ -111,18 +111,8 @@ fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, Value), String> {
-    let token = match (&a.admin_token_file, &a.token) {
-        (Some(f), _) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| format!("--admin-token-file {}: {e}", f.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
-        ),
-        (None, t) => t.clone(),
-    };
+    let token = crate::config::flags::read_token(a.token.as_deref(), a.admin_token_file.as_deref())
+        .map_err(|e| format!("--admin-token-file {e}"))?;
     let mut s = TcpStream::connect(&a.admin)
         .map_err(|e| format!("cannot reach the admin API at {}: {e}", a.admin))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));

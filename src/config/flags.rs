@@ -264,18 +264,27 @@ pub fn load_with_warnings(
 
 /// The admin token: `--admin-token`/`MIRRORCTL_TOKEN`, or the first line of `--admin-token-file`.
 pub fn admin_token(f: &ServeFlags) -> Result<Option<String>, ConfigError> {
-    let token = match (&f.admin_token, &f.admin_token_file) {
+    match read_token(f.admin_token.as_deref(), f.admin_token_file.as_deref()) {
+        Ok(Some(t)) if t.len() < 16 => Err(flag_err("admin token", "use at least 16 characters")),
+        Ok(t) => Ok(t),
+        Err(m) => Err(flag_err("--admin-token-file", m)),
+    }
+}
+
+/// A token given directly or as the first line of a file (the file wins); shared by the
+/// server and the CLI commands.
+pub fn read_token(
+    token: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    match (token, file) {
         (_, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| flag_err("--admin-token-file", format!("{}: {e}", path.display())))?;
-            Some(text.lines().next().unwrap_or("").trim().to_owned())
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(Some(text.lines().next().unwrap_or("").trim().to_owned()))
         }
-        (Some(t), None) => Some(t.trim().to_owned()),
-        (None, None) => None,
-    };
-    match token {
-        Some(t) if t.len() < 16 => Err(flag_err("admin token", "use at least 16 characters")),
-        other => Ok(other),
+        (Some(t), None) => Ok(Some(t.trim().to_owned())),
+        (None, None) => Ok(None),
     }
 }
 

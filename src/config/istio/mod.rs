@@ -11,11 +11,9 @@ use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 use serde::de::IgnoredAny;
-use serde::Deserialize;
 
 use super::build::{check_percent, check_weights, Builder, Common, MirrorSpec};
-use super::common::{self, Ctx, HeadersFile, MatchFile, OutlierFile, RetriesFile, RewriteFile, S};
-use super::native::PercentageFile;
+use super::common::{self, Ctx, S};
 use super::{ConfigError, Runtime};
 use crate::mirror::ShadowSettings;
 use crate::routing::{
@@ -24,194 +22,11 @@ use crate::routing::{
 };
 use crate::telemetry::Metrics;
 
+mod types;
+use types::*;
+
 const API_GROUP: &str = "networking.istio.io/";
 const VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
-
-#[derive(Debug, Deserialize)]
-struct Header {
-    #[serde(rename = "apiVersion")]
-    api_version: Option<S<String>>,
-    kind: Option<S<String>>,
-    #[serde(default)]
-    metadata: Meta,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Meta {
-    name: Option<String>,
-    namespace: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Doc<T> {
-    spec: S<T>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VirtualServiceSpec {
-    #[serde(default)]
-    hosts: Vec<S<String>>,
-    gateways: Option<S<IgnoredAny>>,
-    #[serde(rename = "exportTo")]
-    export_to: Option<S<IgnoredAny>>,
-    #[serde(default)]
-    http: Vec<HttpRoute>,
-    tcp: Option<S<IgnoredAny>>,
-    tls: Option<S<IgnoredAny>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpRoute {
-    name: Option<S<String>>,
-    #[serde(default, rename = "match")]
-    matches: Vec<MatchFile>,
-    route: Option<S<Vec<RouteDestination>>>,
-    rewrite: Option<RewriteFile>,
-    timeout: Option<S<String>>,
-    retries: Option<RetriesFile>,
-    headers: Option<HeadersFile>,
-    mirror: Option<S<Destination>>,
-    #[serde(rename = "mirrorPercentage")]
-    mirror_percentage: Option<PercentageFile>,
-    #[serde(rename = "mirrorPercent")]
-    mirror_percent: Option<S<u32>>,
-    mirrors: Option<S<Vec<MirrorPolicyFile>>>,
-    redirect: Option<S<IgnoredAny>>,
-    #[serde(rename = "directResponse")]
-    direct_response: Option<S<IgnoredAny>>,
-    delegate: Option<S<IgnoredAny>>,
-    fault: Option<S<IgnoredAny>>,
-    #[serde(rename = "corsPolicy")]
-    cors_policy: Option<S<IgnoredAny>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteDestination {
-    destination: S<Destination>,
-    weight: Option<S<u32>>,
-    headers: Option<S<IgnoredAny>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Destination {
-    host: S<String>,
-    subset: Option<S<String>>,
-    port: Option<PortSelector>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PortSelector {
-    number: S<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MirrorPolicyFile {
-    destination: S<Destination>,
-    percentage: Option<PercentageFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DestinationRuleSpec {
-    host: S<String>,
-    #[serde(rename = "trafficPolicy")]
-    traffic_policy: Option<TrafficPolicy>,
-    #[serde(default)]
-    subsets: Vec<Subset>,
-    #[serde(rename = "exportTo")]
-    export_to: Option<S<IgnoredAny>>,
-    #[serde(rename = "workloadSelector")]
-    workload_selector: Option<S<IgnoredAny>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TrafficPolicy {
-    #[serde(rename = "loadBalancer")]
-    load_balancer: Option<S<LoadBalancer>>,
-    #[serde(rename = "outlierDetection")]
-    outlier_detection: Option<S<OutlierFile>>,
-    #[serde(rename = "connectionPool")]
-    connection_pool: Option<S<IgnoredAny>>,
-    tls: Option<S<IgnoredAny>>,
-    #[serde(rename = "portLevelSettings")]
-    port_level_settings: Option<S<IgnoredAny>>,
-    tunnel: Option<S<IgnoredAny>>,
-    #[serde(rename = "proxyProtocol")]
-    proxy_protocol: Option<S<IgnoredAny>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoadBalancer {
-    simple: Option<S<String>>,
-    #[serde(rename = "consistentHash")]
-    consistent_hash: Option<S<IgnoredAny>>,
-    #[serde(rename = "localityLbSetting")]
-    locality_lb_setting: Option<S<IgnoredAny>>,
-    #[serde(rename = "warmupDurationSecs")]
-    warmup_duration_secs: Option<S<IgnoredAny>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Subset {
-    name: S<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(rename = "trafficPolicy")]
-    traffic_policy: Option<TrafficPolicy>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceEntrySpec {
-    hosts: Vec<S<String>>,
-    #[serde(default)]
-    ports: Vec<PortFile>,
-    resolution: Option<S<String>>,
-    #[serde(default)]
-    endpoints: Vec<WorkloadEntry>,
-    location: Option<S<IgnoredAny>>,
-    addresses: Option<S<IgnoredAny>>,
-    #[serde(rename = "exportTo")]
-    export_to: Option<S<IgnoredAny>>,
-    #[serde(rename = "subjectAltNames")]
-    subject_alt_names: Option<S<IgnoredAny>>,
-    #[serde(rename = "workloadSelector")]
-    workload_selector: Option<S<IgnoredAny>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PortFile {
-    number: S<u32>,
-    name: Option<String>,
-    protocol: Option<S<String>>,
-    #[serde(rename = "targetPort")]
-    target_port: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WorkloadEntry {
-    address: S<String>,
-    #[serde(default)]
-    ports: BTreeMap<String, u32>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    network: Option<S<IgnoredAny>>,
-    locality: Option<S<IgnoredAny>>,
-    weight: Option<S<IgnoredAny>>,
-    #[serde(rename = "serviceAccount")]
-    service_account: Option<S<IgnoredAny>>,
-}
 
 /// One document of one file, with what errors need to point into it.
 struct Located<T> {

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod compare;
 mod control;
+mod hygiene;
 mod mirror;
 mod primary;
 mod routing;

@@ -1,0 +1,150 @@
+//! Request hygiene on raw sockets: what is refused, with which status, and that neither the
+//! primary nor the shadow ever sees a refused request.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+async fn status_line(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    raw(addr, bytes)
+        .await
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_are_refused_before_any_upstream() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let shadow = Upstream::start(Behavior::Answer("v2")).await;
+    let proxy = Proxy::start(flags(&primary.url(), &[shadow.url()])).await;
+    let many_headers: Vec<u8> = (0..150)
+        .flat_map(|i| format!("X-{i}: 1\r\n").into_bytes())
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), "400"),
+        (
+            "two Hosts",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "obfuscated TE",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "TE not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "TE on HTTP/1.0",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "two different Content-Length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+                .to_vec(),
+            "400",
+        ),
+        (
+            "invalid Content-Length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\na".to_vec(),
+            "400",
+        ),
+        (
+            "control character in a value",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        ("not HTTP", b"HELLO\r\n\r\n".to_vec(), "400"),
+        (
+            "header over the buffer",
+            [
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-A: ".as_slice(),
+                &vec![b'a'; 500_000],
+                b"\r\n\r\n",
+            ]
+            .concat(),
+            "431",
+        ),
+        (
+            "more than 100 headers",
+            [
+                b"GET / HTTP/1.1\r\nHost: a\r\n".as_slice(),
+                &many_headers,
+                b"\r\n",
+            ]
+            .concat(),
+            "431",
+        ),
+        (
+            "URI too long",
+            [
+                b"GET /".as_slice(),
+                &vec![b'a'; 70_000],
+                b" HTTP/1.1\r\nHost: a\r\n\r\n",
+            ]
+            .concat(),
+            "414",
+        ),
+    ];
+    for (name, bytes, want) in &cases {
+        let line = status_line(proxy.addr, bytes).await;
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {want}")),
+            "{name}: got `{line}`"
+        );
+    }
+    // None of them reached an upstream.
+    assert!(primary
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    assert!(shadow
+        .next_within(Duration::from_millis(50))
+        .await
+        .is_none());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let shadow = Upstream::start(Behavior::Answer("v2")).await;
+    let proxy = Proxy::start(flags(&primary.url(), &[shadow.url()])).await;
+    let reply = raw(
+        proxy.addr,
+        b"POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    // hyper decodes by Transfer-Encoding (RFC 9112 §6.3) and closes the connection after.
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    for seen in [primary.next().await, shadow.next().await] {
+        assert_eq!(seen.body_len, 5, "the chunked body, not 4 bytes of it");
+        let framings = [
+            seen.header("content-length").is_some(),
+            seen.header("transfer-encoding").is_some(),
+        ];
+        assert_eq!(
+            framings.iter().filter(|x| **x).count(),
+            1,
+            "exactly one framing header: {:?}",
+            seen.headers
+        );
+    }
+    proxy.stop().await;
+}

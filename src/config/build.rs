@@ -25,6 +25,8 @@ use crate::telemetry::{Metrics, Sink};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client connections at once (nginx: worker_connections × workers; Envoy: overload manager).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Collects services, shadows and routes into a [`Table`].
 pub struct Builder<'m> {
@@ -172,6 +174,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         connect_timeout: c.connect_timeout,
         shutdown_timeout: c.shutdown_timeout,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        max_connections: DEFAULT_MAX_CONNECTIONS,
         compare: None,
         control: Default::default(),
         table,
@@ -300,6 +303,18 @@ pub fn build_with_warnings(
     }]);
     let mut rt = runtime(common, table);
     rt.compare = compare;
+    if let Some(l) = &f.limits {
+        if let Some(m) = &l.max_connections {
+            if m.value == 0 {
+                return Err(cx.err(
+                    &m.referenced,
+                    "limits.max_connections",
+                    "must be at least 1",
+                ));
+            }
+            rt.max_connections = m.value;
+        }
+    }
     Ok((rt, warnings))
 }
 

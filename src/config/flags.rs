@@ -70,6 +70,9 @@ pub struct ServeFlags {
     /// Keep the shadow's Host unchanged (default: suffix `-shadow`).
     #[arg(long)]
     pub no_shadow_host_suffix: bool,
+    /// Client connections open at once (default 10000); past it accepting pauses.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Keep live changes and schedules in this file across restarts.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
@@ -199,6 +202,7 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
         services: s(services),
         hosts: None,
         compare: None,
+        limits: None,
         routes: s(vec![RouteFile {
             name: s("default".into()),
             matches: Vec::new(),
@@ -241,6 +245,12 @@ pub fn load_with_warnings(
 ) -> Result<(Runtime, Vec<String>), ConfigError> {
     let (mut rt, warnings) = load_config(f, metrics)?;
     overlay_compare(f, &mut rt)?;
+    if let Some(n) = f.max_connections {
+        if n == 0 {
+            return Err(flag_err("--max-connections", "must be at least 1"));
+        }
+        rt.max_connections = n;
+    }
     rt.control.state = f.state.clone();
     rt.control.token = admin_token(f)?;
     if let Some(a) = rt.admin {

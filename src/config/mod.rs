@@ -32,6 +32,8 @@ pub struct Runtime {
     pub shutdown_timeout: Duration,
     /// Worker threads, each with its own accept socket and upstream pools.
     pub workers: usize,
+    /// Client connections open at once, all workers together; past it accepting pauses.
+    pub max_connections: usize,
     /// Compare shadows with the primary and record the pairs (`None`: mirror only).
     pub compare: Option<crate::compare::CompareConfig>,
     /// Live control: state file, admin token, how to reload.

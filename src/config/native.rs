@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub hosts: Option<Vec<S<String>>>,
     /// Compare each mirrored answer with the primary's and record the pairs.
     pub compare: Option<CompareFile>,
+    pub limits: Option<LimitsFile>,
     pub routes: S<Vec<RouteFile>>,
 }
 
@@ -200,4 +201,11 @@ pub struct RetentionFile {
     pub max_age: Option<S<String>>,
     /// At most this many pairs are kept (default 1000000).
     pub max_rows: Option<S<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Client connections open at once, all workers together (default 10000).
+    pub max_connections: Option<S<usize>>,
 }

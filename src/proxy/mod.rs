@@ -51,6 +51,8 @@ pub struct State {
     pub mirror: MirrorContext,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// Client connections open at once, shared by every worker.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A started proxy.
@@ -124,6 +126,9 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
     }
 
     let (stop, stop_rx) = watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        rt.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let mut done = Vec::new();
     for (i, listeners) in sockets.into_iter().enumerate() {
         let (tx, rx) = oneshot::channel();
@@ -132,6 +137,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let metrics = metrics.clone();
         let access_log = access_log.clone();
         let comparator = comparator.clone();
+        let slots = slots.clone();
         let stop_rx = stop_rx.clone();
         let connect_timeout = rt.connect_timeout;
         let shutdown_timeout = rt.shutdown_timeout;
@@ -159,6 +165,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         },
                         metrics,
                         access_log,
+                        connection_slots: slots,
                     });
                     let mut set = JoinSet::new();
                     for l in listeners {

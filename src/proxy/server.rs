@@ -33,6 +33,14 @@ pub async fn serve(
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
     loop {
+        // A free connection slot first: at the cap, new clients wait in the kernel's backlog.
+        let slot = tokio::select! {
+            s = state.connection_slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -62,6 +70,7 @@ pub async fn serve(
                 tracing::debug!(error = %e, %peer, "client connection ended with an error");
             }
             metrics.connections.dec();
+            drop(slot);
         });
     }
     drop(listener);

@@ -148,3 +148,63 @@ async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() 
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn the_connection_cap_makes_new_clients_wait_not_fail() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let mut f = flags(&primary.url(), &[]);
+    f.max_connections = Some(2);
+    let metrics = std::sync::Arc::new(mirrorctl::telemetry::Metrics::new());
+    let mut cfg = mirrorctl::config::flags::load(&f, &metrics).expect("config");
+    // One worker: its accept loop holds the only free slot (with several workers, a slot
+    // reserved by one worker's loop is not available to another's queue: the cap is exact
+    // per process only to within one connection per worker).
+    cfg.workers = 1;
+    let running = mirrorctl::proxy::start(cfg, metrics).await.expect("start");
+    let addr = running.listen_addrs[0];
+    let p = Proxy {
+        addr,
+        admin: running.admin_addr.expect("admin"),
+        running: Some(running),
+    };
+
+    let request = b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n";
+    async fn answer(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    // Two keep-alive connections, answered and left open: the cap is full.
+    let mut a = tokio::net::TcpStream::connect(addr).await.expect("a");
+    a.write_all(request).await.expect("write");
+    assert!(tokio::time::timeout(DEADLINE, answer(&mut a))
+        .await
+        .expect("a answered")
+        .starts_with("HTTP/1.1 200"));
+    let mut b = tokio::net::TcpStream::connect(addr).await.expect("b");
+    b.write_all(request).await.expect("write");
+    assert!(tokio::time::timeout(DEADLINE, answer(&mut b))
+        .await
+        .expect("b answered")
+        .starts_with("HTTP/1.1 200"));
+    // A third waits in the backlog: no answer while both stay open.
+    let mut c = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("c connects (kernel backlog)");
+    c.write_all(request).await.expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), answer(&mut c))
+            .await
+            .is_err(),
+        "served past the cap"
+    );
+    // One closes: the third is served.
+    drop(a);
+    let got = tokio::time::timeout(DEADLINE, answer(&mut c))
+        .await
+        .expect("c answered after a slot freed");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    drop((b, c));
+    p.stop().await;
+}

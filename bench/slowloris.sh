@@ -3,7 +3,7 @@
 # normal client keeps sending requests. Reports slowhttptest's verdict per attack and the normal
 # client's success rate and p99 during it. Everything on 127.0.0.1, bounded in time.
 #
-#   bench/slowloris.sh [--length 40] [--connections 1000]
+#   bench/slowloris.sh [--length 40] [--connections 1000] [--proxy-args '--body-timeout 20s']
 # Needs: slowhttptest, curl, python3 (apt-get install slowhttptest curl python3), and a release
 # build (cargo build --release).
 set -euo pipefail
@@ -11,10 +11,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${MIRRORCTL:-$HERE/../target/release/mirrorctl}
 LENGTH=40
 CONNS=1000
+PROXY_ARGS=
 while [ $# -gt 0 ]; do
   case "$1" in
     --length) LENGTH=$2; shift 2;;
     --connections) CONNS=$2; shift 2;;
+    --proxy-args) PROXY_ARGS=$2; shift 2;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
@@ -39,7 +41,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
   PIDS+=($!)
 done
 timeout $((LENGTH + 60)) "$BIN" serve --listen 127.0.0.1:28180 --primary http://127.0.0.1:28181 \
-  --shadow http://127.0.0.1:28182 --access-log off --workers 1 2>"$OUT/proxy.log" &
+  --shadow http://127.0.0.1:28182 --access-log off --workers 1 $PROXY_ARGS 2>"$OUT/proxy.log" &
 PIDS+=($!)
 sleep 1
 curl -sf http://127.0.0.1:28180/ >/dev/null || { echo "proxy not up" >&2; exit 1; }

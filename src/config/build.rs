@@ -27,6 +27,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client connections at once (nginx: worker_connections × workers; Envoy: overload manager).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Idle time within a request body (nginx client_body_timeout: 60 s).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Collects services, shadows and routes into a [`Table`].
 pub struct Builder<'m> {
@@ -175,6 +177,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         shutdown_timeout: c.shutdown_timeout,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        body_timeout: DEFAULT_BODY_TIMEOUT,
         compare: None,
         control: Default::default(),
         table,

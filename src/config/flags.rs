@@ -70,6 +70,9 @@ pub struct ServeFlags {
     /// Keep the shadow's Host unchanged (default: suffix `-shadow`).
     #[arg(long)]
     pub no_shadow_host_suffix: bool,
+    /// A request body that sends nothing for this long fails with 408 (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    pub body_timeout: Option<String>,
     /// Client connections open at once (default 10000); past it accepting pauses.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -250,6 +253,9 @@ pub fn load_with_warnings(
             return Err(flag_err("--max-connections", "must be at least 1"));
         }
         rt.max_connections = n;
+    }
+    if let Some(t) = &f.body_timeout {
+        rt.body_timeout = super::parse_duration(t).map_err(|m| flag_err("--body-timeout", m))?;
     }
     rt.control.state = f.state.clone();
     rt.control.token = admin_token(f)?;

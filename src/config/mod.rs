@@ -34,6 +34,8 @@ pub struct Runtime {
     pub workers: usize,
     /// Client connections open at once, all workers together; past it accepting pauses.
     pub max_connections: usize,
+    /// A request body that sends nothing for this long fails with 408 (nginx client_body_timeout).
+    pub body_timeout: Duration,
     /// Compare shadows with the primary and record the pairs (`None`: mirror only).
     pub compare: Option<crate::compare::CompareConfig>,
     /// Live control: state file, admin token, how to reload.

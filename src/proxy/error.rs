@@ -25,6 +25,9 @@ pub enum ProxyError {
     /// The primary's connection failed after connecting (reset, closed, bad response).
     #[error("upstream error ({upstream}): {reason}")]
     Upstream { upstream: String, reason: String },
+    /// The client stopped sending its request body.
+    #[error("client body timeout: no request body data for {0:?}")]
+    ClientBodyTimeout(std::time::Duration),
     /// The primary did not answer within the route's timeout.
     #[error("upstream timeout ({upstream}) after {after_ms} ms")]
     Timeout { upstream: String, after_ms: u128 },
@@ -34,6 +37,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -49,7 +53,10 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, ProxyError::BadRequest(_)) {
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::ClientBodyTimeout(_)
+        ) {
             // Framing we refused may leave the connection in an unknown state.
             r.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use super::error::{error_chain, ProxyError};
 use super::headers;
 use super::{PrimaryBody, ProxyBody, State};
+use crate::body::{BodyTimeout, IdleTimeout};
 use crate::compare::{ms_since, Capture, CaptureBody, PrimaryCapture};
 use crate::mirror::{MirrorBody, MirrorMeta, MirrorRequest, PendingMirror, Tee, TeeBody};
 use crate::routing::{sample_hash, Health, RequestView, RetryPolicy, Sampling, Service};
@@ -152,6 +153,7 @@ async fn forward(
     }
     parts.headers.remove(HOST);
     let bodiless = body.is_end_stream();
+    let body = IdleTimeout::new(body, state.body_timeout);
     // Pairs to compare: the shadows wait on this for the primary's observation.
     let (compare_tx, primary_watch) = match &state.mirror.compare {
         Some(_) if !tickets.is_empty() => {
@@ -257,6 +259,20 @@ async fn forward(
     Ok(resp.map(Either::Left))
 }
 
+/// The first error of type `T` in `e`'s chain of causes.
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -322,6 +338,12 @@ async fn try_once(
             Outcome::Response(resp)
         }
         Ok(Err(e)) => {
+            if let Some(t) = find_cause::<BodyTimeout>(&e) {
+                return Outcome::Failed {
+                    error: ProxyError::ClientBodyTimeout(t.0),
+                    connect: false,
+                };
+            }
             let reason = error_chain(&e);
             let connect = e.is_connect();
             if connect {

@@ -38,7 +38,8 @@ pub type ProxyBody = Either<crate::compare::CaptureBody<Incoming>, Full<Bytes>>;
 
 /// A primary request's body: the client's, streamed through the mirror tee, or empty for a
 /// request that may be retried.
-pub type PrimaryBody = Either<TeeBody<Incoming>, http_body_util::Empty<Bytes>>;
+pub type PrimaryBody =
+    Either<TeeBody<crate::body::IdleTimeout<Incoming>>, http_body_util::Empty<Bytes>>;
 
 /// The primary's pooled client.
 pub type PrimaryClient = Client<HttpConnector, PrimaryBody>;
@@ -53,6 +54,8 @@ pub struct State {
     pub access_log: AccessLog,
     /// Client connections open at once, shared by every worker.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// A request body that sends nothing for this long fails (408).
+    pub body_timeout: Duration,
 }
 
 /// A started proxy.
@@ -141,6 +144,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let stop_rx = stop_rx.clone();
         let connect_timeout = rt.connect_timeout;
         let shutdown_timeout = rt.shutdown_timeout;
+        let body_timeout = rt.body_timeout;
         std::thread::Builder::new()
             .name(format!("mirrorctl-worker-{i}"))
             .spawn(move || {
@@ -166,6 +170,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         metrics,
                         access_log,
                         connection_slots: slots,
+                        body_timeout,
                     });
                     let mut set = JoinSet::new();
                     for l in listeners {

@@ -208,3 +208,33 @@ async fn the_connection_cap_makes_new_clients_wait_not_fail() {
     drop((b, c));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_is_not_mirrored() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let shadow = Upstream::start(Behavior::Answer("v2")).await;
+    let mut f = flags(&primary.url(), &[shadow.url()]);
+    f.body_timeout = Some("200ms".into());
+    let proxy = Proxy::start(f).await;
+    // 100 bytes announced, 3 sent, then nothing: `raw` waits (bounded) for the proxy to answer
+    // and close.
+    let reply = raw(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("client body timeout"), "{reply}");
+    let abandoned = proxy
+        .wait_metric(
+            "mirrorctl_mirror_total{route=\"default\",shadow=\"shadow\",outcome=\"body_incomplete\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(abandoned, 1.0, "the copy is abandoned, not sent half-done");
+    assert!(shadow
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    proxy.stop().await;
+}

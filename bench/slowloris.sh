@@ -27,9 +27,11 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# A primary and a shadow: tiny Python servers, bounded in life.
-for port in 28181 28182; do
-  timeout $((LENGTH + 60)) python3 -c '
+# Fresh fixtures and proxy for each attack, so one attack's leftovers never skew the next.
+start_all() {
+  cleanup; PIDS=()
+  for port in 28181 28182; do
+    timeout $((LENGTH + 60)) python3 -c '
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -38,13 +40,14 @@ class H(http.server.BaseHTTPRequestHandler):
     do_POST = do_GET
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()' "$port" &
+    PIDS+=($!)
+  done
+  timeout $((LENGTH + 60)) "$BIN" serve --listen 127.0.0.1:28180 --primary http://127.0.0.1:28181 \
+    --shadow http://127.0.0.1:28182 --access-log off --workers 1 $PROXY_ARGS 2>"$OUT/proxy-$1.log" &
   PIDS+=($!)
-done
-timeout $((LENGTH + 60)) "$BIN" serve --listen 127.0.0.1:28180 --primary http://127.0.0.1:28181 \
-  --shadow http://127.0.0.1:28182 --access-log off --workers 1 $PROXY_ARGS 2>"$OUT/proxy.log" &
-PIDS+=($!)
-sleep 1
-curl -sf http://127.0.0.1:28180/ >/dev/null || { echo "proxy not up" >&2; exit 1; }
+  for _ in $(seq 50); do curl -sf http://127.0.0.1:28180/ >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "proxy not up" >&2; exit 1
+}
 
 # The normal client: one request every 50 ms during the attack, latency recorded.
 probe() {
@@ -55,6 +58,7 @@ probe() {
   done
 }
 for mode in H B X; do
+  start_all "$mode"
   probe >"$OUT/probe-$mode.txt" &
   PROBE=$!
   extra=(); [ "$mode" = X ] && extra=(-k 2 -n 3 -w 10 -y 20 -z 32)   # slow read: small windows

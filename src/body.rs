@@ -111,6 +111,8 @@ pin_project! {
         inner: B,
         idle: std::time::Duration,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The timer counts the current stall (reset when data flows, re-armed at the next stall).
+        armed: bool,
     }
 }
 
@@ -139,7 +141,7 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(f) => {
-                *this.timer = None;
+                *this.armed = false;
                 Poll::Ready(f.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -147,6 +149,11 @@ where
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if !*this.armed {
+                    // One allocation per body at most: later stalls reuse the timer.
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                    *this.armed = true;
+                }
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(idle))))),
                     Poll::Pending => Poll::Pending,

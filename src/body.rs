@@ -122,6 +122,7 @@ impl<B> IdleTimeout<B> {
             inner,
             idle,
             timer: None,
+            armed: false,
         }
     }
 }

@@ -178,6 +178,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_connections: DEFAULT_MAX_CONNECTIONS,
         body_timeout: DEFAULT_BODY_TIMEOUT,
+        head_limits: Default::default(),
         compare: None,
         control: Default::default(),
         table,
@@ -316,6 +317,25 @@ pub fn build_with_warnings(
                 ));
             }
             rt.max_connections = m.value;
+        }
+        if let Some(m) = &l.max_header_bytes {
+            rt.head_limits.max_bytes = parse_size(&m.value)
+                .ok()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n >= 1024)
+                .ok_or_else(|| {
+                    cx.err(
+                        &m.referenced,
+                        "limits.max_header_bytes",
+                        "must be a size of at least 1KiB (e.g. 64KiB)",
+                    )
+                })?;
+        }
+        if let Some(m) = &l.max_headers {
+            if m.value == 0 {
+                return Err(cx.err(&m.referenced, "limits.max_headers", "must be at least 1"));
+            }
+            rt.head_limits.max_headers = m.value;
         }
     }
     Ok((rt, warnings))

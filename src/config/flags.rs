@@ -76,6 +76,12 @@ pub struct ServeFlags {
     /// Client connections open at once (default 10000); past it accepting pauses.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Request line and headers together (default 64KiB): 431 past it, 414 for a long line.
+    #[arg(long, value_name = "SIZE")]
+    pub max_header_bytes: Option<String>,
+    /// Header fields in one request (default 100): 431 past it.
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<usize>,
     /// Keep live changes and schedules in this file across restarts.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
@@ -253,6 +259,19 @@ pub fn load_with_warnings(
             return Err(flag_err("--max-connections", "must be at least 1"));
         }
         rt.max_connections = n;
+    }
+    if let Some(v) = &f.max_header_bytes {
+        rt.head_limits.max_bytes = super::parse_size(v)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n >= 1024)
+            .ok_or_else(|| flag_err("--max-header-bytes", "must be a size of at least 1KiB"))?;
+    }
+    if let Some(n) = f.max_headers {
+        if n == 0 {
+            return Err(flag_err("--max-headers", "must be at least 1"));
+        }
+        rt.head_limits.max_headers = n;
     }
     if let Some(t) = &f.body_timeout {
         rt.body_timeout = super::parse_duration(t).map_err(|m| flag_err("--body-timeout", m))?;

@@ -36,6 +36,8 @@ pub struct Runtime {
     pub max_connections: usize,
     /// A request body that sends nothing for this long fails with 408 (nginx client_body_timeout).
     pub body_timeout: Duration,
+    /// Request head size and field count (431 past either; 414 for a request line alone).
+    pub head_limits: crate::proxy::guard::HeadLimits,
     /// Compare shadows with the primary and record the pairs (`None`: mirror only).
     pub compare: Option<crate::compare::CompareConfig>,
     /// Live control: state file, admin token, how to reload.

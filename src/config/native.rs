@@ -208,4 +208,8 @@ pub struct RetentionFile {
 pub struct LimitsFile {
     /// Client connections open at once, all workers together (default 10000).
     pub max_connections: Option<S<usize>>,
+    /// Request line and headers together (default 64KiB): 431 past it, 414 for the line alone.
+    pub max_header_bytes: Option<S<String>>,
+    /// Header fields in one request (default 100): 431 past it.
+    pub max_headers: Option<S<usize>>,
 }

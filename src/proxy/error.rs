@@ -25,6 +25,12 @@ pub enum ProxyError {
     /// The primary's connection failed after connecting (reset, closed, bad response).
     #[error("upstream error ({upstream}): {reason}")]
     Upstream { upstream: String, reason: String },
+    /// The request head is over the size or field-count limit.
+    #[error("request header fields too large: {0}")]
+    HeadTooLarge(&'static str),
+    /// The request line is over the size limit.
+    #[error("request URI too long")]
+    UriTooLong,
     /// The client stopped sending its request body.
     #[error("client body timeout: no request body data for {0:?}")]
     ClientBodyTimeout(std::time::Duration),
@@ -37,6 +43,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -55,13 +63,27 @@ impl ProxyError {
         );
         if matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::ClientBodyTimeout(_)
+            ProxyError::BadRequest(_)
+                | ProxyError::HeadTooLarge(_)
+                | ProxyError::UriTooLong
+                | ProxyError::ClientBodyTimeout(_)
         ) {
             // Framing we refused may leave the connection in an unknown state.
             r.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         r
+    }
+}
+
+impl From<super::guard::Refusal> for ProxyError {
+    fn from(r: super::guard::Refusal) -> Self {
+        use super::guard::Refusal;
+        match r {
+            Refusal::Malformed(why) => ProxyError::BadRequest(why),
+            Refusal::HeadTooLarge(why) => ProxyError::HeadTooLarge(why),
+            Refusal::UriTooLong => ProxyError::UriTooLong,
+        }
     }
 }
 

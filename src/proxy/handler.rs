@@ -22,6 +22,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::error::{error_chain, ProxyError};
+use super::guard::Refusal;
 use super::headers;
 use super::{PrimaryBody, ProxyBody, State};
 use crate::body::{BodyTimeout, IdleTimeout};
@@ -36,10 +37,11 @@ pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    refused: Option<Refusal>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     state.metrics.in_flight.inc();
-    let resp = match forward(&state, req, peer, start).await {
+    let resp = match forward(&state, req, peer, start, refused).await {
         Ok(r) => r,
         Err((e, ctx)) => {
             log_primary(
@@ -80,6 +82,7 @@ async fn forward(
     req: Request<Incoming>,
     peer: SocketAddr,
     start: Instant,
+    refused: Option<Refusal>,
 ) -> Result<Response<ProxyBody>, Failed> {
     let (mut parts, body) = req.into_parts();
     let original_pq = parts
@@ -94,6 +97,10 @@ async fn forward(
         path: original_pq.clone(),
         upstream: None,
     };
+    if let Some(why) = refused {
+        // The stand-in for a head the guard refused (logged as `GET /` with the reason).
+        return Err((why.into(), ctx));
+    }
     if let Err(why) = headers::check_request(&parts) {
         return Err((ProxyError::BadRequest(why), ctx));
     }

@@ -6,6 +6,7 @@
 //! proxy, [`Running::shutdown`] does (stop accepting, finish in-flight requests up to a deadline).
 
 pub mod error;
+pub mod guard;
 mod handler;
 pub mod headers;
 mod server;
@@ -56,6 +57,8 @@ pub struct State {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// A request body that sends nothing for this long fails (408).
     pub body_timeout: Duration,
+    /// Request head size and field count (431, 414).
+    pub head_limits: guard::HeadLimits,
 }
 
 /// A started proxy.
@@ -145,6 +148,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let connect_timeout = rt.connect_timeout;
         let shutdown_timeout = rt.shutdown_timeout;
         let body_timeout = rt.body_timeout;
+        let head_limits = rt.head_limits;
         std::thread::Builder::new()
             .name(format!("mirrorctl-worker-{i}"))
             .spawn(move || {
@@ -171,6 +175,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         access_log,
                         connection_slots: slots,
                         body_timeout,
+                        head_limits,
                     });
                     let mut set = JoinSet::new();
                     for l in listeners {

@@ -10,6 +10,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::guard::{ConnGuard, GuardedIo};
 use super::{handler, State};
 
 /// How long a client may take to send a request head (slowloris guard; nginx: 60 s).
@@ -56,13 +57,16 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let metrics = state.metrics.clone();
+        let guard = Arc::new(ConnGuard::default());
+        let io = GuardedIo::new(stream, guard.clone(), state.head_limits);
         let svc = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handler::handle(state, req, peer).await) }
+            let refused = guard.next_request();
+            async move {
+                Ok::<_, std::convert::Infallible>(handler::handle(state, req, peer, refused).await)
+            }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
         let conn = graceful.watch(conn);
         metrics.connections.inc();
         tokio::spawn(async move {

@@ -51,6 +51,12 @@ async fn malformed_and_oversized_requests_are_refused_before_any_upstream() {
             "400",
         ),
         (
+            "two equal Content-Length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na"
+                .to_vec(),
+            "400",
+        ),
+        (
             "invalid Content-Length",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\na".to_vec(),
             "400",
@@ -122,30 +128,92 @@ async fn malformed_and_oversized_requests_are_refused_before_any_upstream() {
 }
 
 #[tokio::test]
-async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() {
+async fn ambiguous_framing_is_refused_and_nothing_after_it_is_read() {
     let primary = Upstream::start(Behavior::Answer("v1")).await;
     let shadow = Upstream::start(Behavior::Answer("v2")).await;
     let proxy = Proxy::start(flags(&primary.url(), &[shadow.url()])).await;
-    let reply = raw(
-        proxy.addr,
-        b"POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    )
-    .await;
-    // hyper decodes by Transfer-Encoding (RFC 9112 §6.3) and closes the connection after.
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    for seen in [primary.next().await, shadow.next().await] {
-        assert_eq!(seen.body_len, 5, "the chunked body, not 4 bytes of it");
-        let framings = [
-            seen.header("content-length").is_some(),
-            seen.header("transfer-encoding").is_some(),
-        ];
+    let smuggle = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cases = [
+        format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggle}"),
+        format!("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggle}"),
+        format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab{smuggle}"),
+        format!("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggle}"),
+        format!("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{smuggle}"),
+    ];
+    for case in &cases {
+        let reply = raw(proxy.addr, case.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{case:?}: {reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
         assert_eq!(
-            framings.iter().filter(|x| **x).count(),
+            reply.matches("HTTP/1.1").count(),
             1,
-            "exactly one framing header: {:?}",
-            seen.headers
+            "one answer only: {reply}"
         );
     }
+    // A good request pipelined before a refused one is served; nothing after is read.
+    let pipelined = format!("GET /first HTTP/1.1\r\nHost: a\r\n\r\n{}", cases[0]);
+    let reply = raw(proxy.addr, pipelined.as_bytes()).await;
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &reply[i..i + 12])
+        .collect();
+    assert_eq!(statuses, ["HTTP/1.1 200", "HTTP/1.1 400"], "{reply}");
+    assert!(
+        reply.contains("Content-Length with Transfer-Encoding"),
+        "{reply}"
+    );
+    assert_eq!(primary.next().await.target, "/first");
+    assert_eq!(shadow.next().await.target, "/first");
+    assert!(primary
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    assert!(shadow
+        .next_within(Duration::from_millis(50))
+        .await
+        .is_none());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn head_limits_are_configurable() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let mut f = flags(&primary.url(), &[]);
+    f.max_header_bytes = Some("2KiB".into());
+    f.max_headers = Some(5);
+    let proxy = Proxy::start(f).await;
+    let header = |n: usize| {
+        format!(
+            "GET /h HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(n)
+        )
+    };
+    assert!(status_line(proxy.addr, header(1000).as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(status_line(proxy.addr, header(3000).as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
+    let uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(3000));
+    assert!(status_line(proxy.addr, uri.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 414"));
+    let six = "GET /h HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n";
+    assert!(status_line(proxy.addr, six.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
+    assert_eq!(
+        primary.next().await.target,
+        "/h",
+        "only the request within limits"
+    );
+    assert!(primary
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
     proxy.stop().await;
 }
 

@@ -1,0 +1,806 @@
+//! The HTTP/1 request-head guard: our own check of every request head before hyper sees it.
+//!
+//! hyper resolves some ambiguous framing instead of refusing it (Content-Length together with
+//! Transfer-Encoding: it drops the length; a repeated identical Content-Length: it keeps one).
+//! A proxy must refuse those (RFC 9112 §6.1, §6.3): the next hop may frame differently and a
+//! second request can hide in the body. So the client connection's bytes pass through
+//! [`GuardedIo`], which follows the HTTP/1 message framing and holds each request head back
+//! until it is complete and checked:
+//!
+//! ```text
+//! socket ─▶ head (held, parsed with httparse, framing checked) ─▶ hyper
+//!        ─▶ body (Content-Length: counted; chunked: chunk lines parsed) ─▶ hyper, zero-copy
+//! ```
+//! A refused head never reaches hyper. In its place hyper reads a stand-in request and then
+//! end of stream; the stand-in's index is recorded in [`ConnGuard`], and the service answers
+//! it with the refusal's status (400, 414 or 431) and `connection: close`. So refusals are
+//! answered in order after any pipelined requests before them, and are logged and mapped to
+//! HTTP in the one place every error is. Bytes after a refused head are never read.
+//!
+//! HTTP/2 connections (prior-knowledge preface) pass through untouched: h2 frames its own
+//! messages and hyper's h2 rejects connection-specific headers itself.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Limits on a request head (defaults close to Envoy's 60 KiB / 100 headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Request line and headers together, in bytes (431 past it; 414 when the request line
+    /// alone is longer).
+    pub max_bytes: usize,
+    /// Header fields in one request (431 past it).
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Ambiguous or invalid framing, or a head that does not parse (400).
+    Malformed(&'static str),
+    /// The head is larger than [`HeadLimits::max_bytes`] or has too many fields (431).
+    HeadTooLarge(&'static str),
+    /// The request line alone is longer than [`HeadLimits::max_bytes`] (414).
+    UriTooLong,
+}
+
+/// What a connection's guard tells its service: which request (by index on the connection)
+/// is the stand-in for a refused head, and why.
+#[derive(Debug)]
+pub struct ConnGuard {
+    refused_at: AtomicU64,
+    refusal: OnceLock<Refusal>,
+    served: AtomicU64,
+}
+
+impl Default for ConnGuard {
+    fn default() -> Self {
+        ConnGuard {
+            refused_at: AtomicU64::new(u64::MAX),
+            refusal: OnceLock::new(),
+            served: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnGuard {
+    /// Called once per request the service receives, in order: the refusal if this request
+    /// is the stand-in for a refused head.
+    pub fn next_request(&self) -> Option<Refusal> {
+        let i = self.served.fetch_add(1, Ordering::Relaxed);
+        if i == self.refused_at.load(Ordering::Acquire) {
+            self.refusal.get().copied()
+        } else {
+            None
+        }
+    }
+
+    fn refuse(&self, index: u64, why: Refusal) {
+        let _ = self.refusal.set(why);
+        self.refused_at.store(index, Ordering::Release);
+    }
+}
+
+/// What hyper reads in place of a refused head: a request it parses, answered by the service
+/// from [`ConnGuard`]. Then end of stream.
+const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: refused.invalid\r\n\r\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Read size while a head (or a chunk-size line) is being collected.
+const HEAD_READ: usize = 8 * 1024;
+
+/// Where the reader is in the client's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Connection start: HTTP/2 preface or HTTP/1 head.
+    Start,
+    Head,
+    /// Body bytes still to come with a known length.
+    Length(u64),
+    Chunked(Chunk),
+    /// HTTP/2: not ours to frame.
+    Passthrough,
+    /// Refused or broken framing: what is buffered goes to hyper, then end of stream.
+    Closing,
+}
+
+/// The chunked-body grammar (RFC 9112 §7.1), as hyper's decoder reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size { digits: u8, size: u64 },
+    SizeLws { size: u64 },
+    Ext { size: u64 },
+    SizeLf { size: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+}
+
+enum Step {
+    /// Consumed this many bytes; the phase may have changed.
+    Took(usize),
+    /// More input is needed.
+    NeedMore,
+}
+
+/// A client connection's stream with its request heads checked; see the module docs.
+pub struct GuardedIo<T> {
+    inner: T,
+    guard: Arc<ConnGuard>,
+    limits: HeadLimits,
+    phase: Phase,
+    /// Bytes read but not yet handed to hyper: `buf[out..scanned]` is checked and may go,
+    /// `buf[scanned..end]` is not yet. `buf` only grows (kept for the connection, like
+    /// hyper's own read buffer), so reads never re-zero it.
+    buf: Vec<u8>,
+    out: usize,
+    scanned: usize,
+    end: usize,
+    /// How far into the current head no end of head was found (no re-parse per byte).
+    searched: usize,
+    /// Request heads checked so far (the next head's index).
+    heads: u64,
+    eof: bool,
+    /// A head was refused: after the stand-in, reads never complete. (End of stream would
+    /// make hyper drop the connection before it answers; the stand-in's answer closes it.)
+    refused: bool,
+}
+
+impl<T> GuardedIo<T> {
+    pub fn new(inner: T, guard: Arc<ConnGuard>, limits: HeadLimits) -> Self {
+        GuardedIo {
+            inner,
+            guard,
+            limits,
+            phase: Phase::Start,
+            buf: Vec::new(),
+            out: 0,
+            scanned: 0,
+            end: 0,
+            searched: 0,
+            heads: 0,
+            eof: false,
+            refused: false,
+        }
+    }
+
+    /// Check buffered bytes from `scanned` on; advance `scanned` past what may go to hyper.
+    fn scan(&mut self) -> Step {
+        let rest = &self.buf[self.scanned..self.end];
+        if rest.is_empty() {
+            return Step::NeedMore;
+        }
+        match self.phase {
+            Phase::Start => {
+                let n = rest.len().min(H2_PREFACE.len());
+                if rest[..n] != H2_PREFACE[..n] {
+                    self.phase = Phase::Head;
+                    Step::Took(0)
+                } else if n == H2_PREFACE.len() {
+                    self.phase = Phase::Passthrough;
+                    Step::Took(rest.len())
+                } else if self.eof {
+                    self.phase = Phase::Head;
+                    Step::Took(0)
+                } else {
+                    Step::NeedMore
+                }
+            }
+            Phase::Head => {
+                // Parse only once an end of head may be there (or the limit is passed).
+                let from = self.searched.saturating_sub(3);
+                let ended = rest[from..].windows(2).any(|w| w == b"\n\n")
+                    || rest[from..].windows(3).any(|w| w == b"\n\r\n");
+                if !ended && rest.len() <= self.limits.max_bytes {
+                    self.searched = rest.len();
+                    return Step::NeedMore;
+                }
+                self.head()
+            }
+            Phase::Length(n) => {
+                let k = usize::try_from(n).map_or(rest.len(), |n| n.min(rest.len()));
+                let left = n - k as u64;
+                self.phase = if left == 0 {
+                    Phase::Head
+                } else {
+                    Phase::Length(left)
+                };
+                Step::Took(k)
+            }
+            Phase::Chunked(c) => {
+                let (took, next) = chunk_step(c, rest);
+                self.phase = match next {
+                    Some(ChunkNext::In(c)) => Phase::Chunked(c),
+                    Some(ChunkNext::Done) => Phase::Head,
+                    // hyper's decoder fails on the same bytes and the connection ends.
+                    None => Phase::Closing,
+                };
+                if took == 0 && self.phase == Phase::Chunked(c) {
+                    Step::NeedMore
+                } else {
+                    Step::Took(took)
+                }
+            }
+            Phase::Passthrough | Phase::Closing => Step::Took(rest.len()),
+        }
+    }
+
+    fn head(&mut self) -> Step {
+        let rest = &self.buf[self.scanned..self.end];
+        match check_head(rest, self.limits) {
+            HeadCheck::Complete { len, body } => {
+                self.heads += 1;
+                self.searched = 0;
+                self.phase = match body {
+                    Body::None => Phase::Head,
+                    Body::Length(n) => Phase::Length(n),
+                    Body::Chunked => Phase::Chunked(Chunk::Size { digits: 0, size: 0 }),
+                };
+                Step::Took(len)
+            }
+            HeadCheck::Partial => Step::NeedMore,
+            HeadCheck::Refused(why) => {
+                self.refuse(why);
+                Step::Took(0)
+            }
+        }
+    }
+
+    /// Replace the unchecked bytes with the stand-in request and end the stream after it.
+    fn refuse(&mut self, why: Refusal) {
+        self.guard.refuse(self.heads, why);
+        self.end = self.scanned;
+        self.put(STAND_IN);
+        self.phase = Phase::Closing;
+        self.eof = true;
+        self.refused = true;
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        let to = self.end + bytes.len();
+        if self.buf.len() < to {
+            self.buf.resize(to, 0);
+        }
+        self.buf[self.end..to].copy_from_slice(bytes);
+        self.end = to;
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        dst: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            // Checked bytes first.
+            if this.out < this.scanned {
+                let n = (this.scanned - this.out).min(dst.remaining());
+                dst.put_slice(&this.buf[this.out..this.out + n]);
+                this.out += n;
+                if this.out == this.end {
+                    this.out = 0;
+                    this.scanned = 0;
+                    this.end = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if let Step::Took(n) = this.scan() {
+                this.scanned += n;
+                continue;
+            }
+            if this.eof {
+                // A partial head or body at end of stream: hyper sees what there is.
+                let n = this.end - this.scanned;
+                if n > 0 {
+                    this.scanned += n;
+                    continue;
+                }
+                if this.refused {
+                    return Poll::Pending;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // Nothing buffered and the next bytes are body data: read straight into hyper's
+            // buffer, no further than the data goes.
+            if this.end == 0 {
+                let direct = match this.phase {
+                    Phase::Passthrough => Some(u64::MAX),
+                    Phase::Length(n) | Phase::Chunked(Chunk::Data(n)) => Some(n),
+                    _ => None,
+                };
+                if let Some(limit) = direct {
+                    let room = dst
+                        .remaining()
+                        .min(usize::try_from(limit).unwrap_or(usize::MAX));
+                    let mut sub = ReadBuf::new(dst.initialize_unfilled_to(room));
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut sub))?;
+                    let n = sub.filled().len();
+                    dst.advance(n);
+                    if n > 0 {
+                        this.phase = match this.phase {
+                            Phase::Length(l) if l == n as u64 => Phase::Head,
+                            Phase::Length(l) => Phase::Length(l - n as u64),
+                            Phase::Chunked(Chunk::Data(l)) if l == n as u64 => {
+                                Phase::Chunked(Chunk::DataCr)
+                            }
+                            Phase::Chunked(Chunk::Data(l)) => {
+                                Phase::Chunked(Chunk::Data(l - n as u64))
+                            }
+                            p => p,
+                        };
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            // Collect more of a head (or chunk line) in our own buffer.
+            if this.out == this.scanned && this.scanned > 0 {
+                this.buf.copy_within(this.scanned..this.end, 0);
+                this.end -= this.scanned;
+                this.out = 0;
+                this.scanned = 0;
+            }
+            if this.buf.len() - this.end < HEAD_READ / 2 {
+                let grow = this.end + HEAD_READ;
+                this.buf.resize(grow, 0);
+            }
+            let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+            this.end += rb.filled().len();
+            let n = rb.filled().len();
+            match polled {
+                Poll::Ready(Ok(())) if n == 0 => this.eof = true,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How a checked request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadCheck {
+    Complete { len: usize, body: Body },
+    Partial,
+    Refused(Refusal),
+}
+
+/// Check one request head at the start of `bytes` (pure: no I/O).
+pub fn check_head(bytes: &[u8], limits: HeadLimits) -> HeadCheck {
+    const ON_STACK: usize = 128;
+    if limits.max_headers <= ON_STACK {
+        let mut headers = [httparse::EMPTY_HEADER; ON_STACK];
+        check_with(bytes, limits, &mut headers[..limits.max_headers])
+    } else {
+        check_with(
+            bytes,
+            limits,
+            &mut vec![httparse::EMPTY_HEADER; limits.max_headers],
+        )
+    }
+}
+
+fn check_with<'b>(
+    bytes: &'b [u8],
+    limits: HeadLimits,
+    headers: &mut [httparse::Header<'b>],
+) -> HeadCheck {
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if bytes.len() <= limits.max_bytes {
+                return HeadCheck::Partial;
+            }
+            return HeadCheck::Refused(too_large(bytes, limits.max_bytes));
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return HeadCheck::Refused(Refusal::HeadTooLarge("too many header fields"))
+        }
+        Err(e) => return HeadCheck::Refused(Refusal::Malformed(malformed_reason(e))),
+    };
+    if len > limits.max_bytes {
+        return HeadCheck::Refused(too_large(bytes, limits.max_bytes));
+    }
+    let http11 = req.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut te = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return HeadCheck::Refused(Refusal::Malformed("more than one Content-Length"));
+            }
+            match parse_length(h.value) {
+                Some(n) => length = Some(n),
+                None => return HeadCheck::Refused(Refusal::Malformed("invalid Content-Length")),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if te {
+                return HeadCheck::Refused(Refusal::Malformed("more than one Transfer-Encoding"));
+            }
+            te = true;
+            if !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
+                return HeadCheck::Refused(Refusal::Malformed(
+                    "Transfer-Encoding other than chunked",
+                ));
+            }
+        }
+    }
+    let body = match (te, length) {
+        (true, Some(_)) => {
+            return HeadCheck::Refused(Refusal::Malformed("Content-Length with Transfer-Encoding"))
+        }
+        (true, None) if !http11 => {
+            return HeadCheck::Refused(Refusal::Malformed("Transfer-Encoding in HTTP/1.0"))
+        }
+        (true, None) => Body::Chunked,
+        (false, Some(0)) | (false, None) => Body::None,
+        (false, Some(n)) => Body::Length(n),
+    };
+    HeadCheck::Complete { len, body }
+}
+
+/// A head over the limit: 414 when the request line alone is, 431 otherwise.
+fn too_large(bytes: &[u8], max: usize) -> Refusal {
+    let line = &bytes[skip_empty_lines(bytes)..];
+    if line.iter().take(max).any(|b| *b == b'\n') {
+        Refusal::HeadTooLarge("request header fields too large")
+    } else {
+        Refusal::UriTooLong
+    }
+}
+
+fn skip_empty_lines(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count()
+}
+
+fn malformed_reason(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid method or request line",
+        httparse::Error::TooManyHeaders => "too many header fields",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| *b != b' ' && *b != b'\t');
+    let end = v.iter().rposition(|b| *b != b' ' && *b != b'\t');
+    match (start, end) {
+        (Some(s), Some(e)) => &v[s..=e],
+        _ => &[],
+    }
+}
+
+/// `1*DIGIT`, no sign, no list, at most 19 digits (fits u64).
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = trim_ows(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+enum ChunkNext {
+    In(Chunk),
+    Done,
+}
+
+/// Advance the chunk grammar over `bytes`: how many were consumed, and the next state
+/// (`None`: not a valid chunked body).
+fn chunk_step(mut c: Chunk, bytes: &[u8]) -> (usize, Option<ChunkNext>) {
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Chunk::Data(n) = c {
+            let k = usize::try_from(n).map_or(bytes.len() - i, |n| n.min(bytes.len() - i));
+            i += k;
+            let left = n - k as u64;
+            c = if left == 0 {
+                Chunk::DataCr
+            } else {
+                Chunk::Data(left)
+            };
+            continue;
+        }
+        let b = bytes[i];
+        i += 1;
+        c = match (c, b) {
+            (Chunk::Size { digits, size }, b) if b.is_ascii_hexdigit() => {
+                if digits >= 16 {
+                    return (i, None);
+                }
+                let d = (b as char).to_digit(16).unwrap_or(0);
+                Chunk::Size {
+                    digits: digits + 1,
+                    size: size << 4 | u64::from(d),
+                }
+            }
+            (Chunk::Size { digits, size }, b' ' | b'\t') if digits > 0 => Chunk::SizeLws { size },
+            (Chunk::Size { digits, size }, b';') if digits > 0 => Chunk::Ext { size },
+            (Chunk::Size { digits, size }, b'\r') if digits > 0 => Chunk::SizeLf { size },
+            (Chunk::SizeLws { size }, b' ' | b'\t') => Chunk::SizeLws { size },
+            (Chunk::SizeLws { size }, b';') => Chunk::Ext { size },
+            (Chunk::SizeLws { size }, b'\r') => Chunk::SizeLf { size },
+            (Chunk::Ext { size }, b'\r') => Chunk::SizeLf { size },
+            (Chunk::Ext { .. }, b'\n') => return (i, None),
+            (Chunk::Ext { size }, _) => Chunk::Ext { size },
+            (Chunk::SizeLf { size: 0 }, b'\n') => Chunk::TrailerStart,
+            (Chunk::SizeLf { size }, b'\n') => Chunk::Data(size),
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Size { digits: 0, size: 0 },
+            (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+            (Chunk::TrailerStart, b'\n') => return (i, None),
+            (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+            (Chunk::TrailerStart | Chunk::Trailer, _) => Chunk::Trailer,
+            (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+            (Chunk::EndLf, b'\n') => return (i, Some(ChunkNext::Done)),
+            _ => return (i, None),
+        };
+    }
+    (i, Some(ChunkNext::In(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn check(bytes: &[u8]) -> HeadCheck {
+        check_head(bytes, HeadLimits::default())
+    }
+
+    fn refused(bytes: &[u8]) -> Refusal {
+        match check(bytes) {
+            HeadCheck::Refused(r) => r,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn framing_rules() {
+        let ok = |b: &[u8]| match check(b) {
+            HeadCheck::Complete { body, .. } => body,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ok(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Body::None);
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Body::Length(12)
+        );
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n"),
+            Body::Chunked
+        );
+        for (bytes, why) in [
+            (
+                &b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                "Content-Length with Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+                "Content-Length with Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n",
+                "more than one Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "more than one Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "Transfer-Encoding other than chunked",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: \"chunked\"\r\n\r\n",
+                "Transfer-Encoding other than chunked",
+            ),
+            (
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Transfer-Encoding in HTTP/1.0",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+                "invalid header name",
+            ),
+            (b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", "invalid header value"),
+            (b"GET / HTTP/1.1\r\nX : b\r\n\r\n", "invalid header name"),
+        ] {
+            assert_eq!(refused(bytes), Refusal::Malformed(why), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn size_limits() {
+        let limits = HeadLimits {
+            max_bytes: 100,
+            max_headers: 3,
+        };
+        let long_uri = [b"GET /".as_slice(), &[b'a'; 200]].concat();
+        assert_eq!(
+            check_head(&long_uri, limits),
+            HeadCheck::Refused(Refusal::UriTooLong)
+        );
+        let long_header = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 200]].concat();
+        assert!(matches!(
+            check_head(&long_header, limits),
+            HeadCheck::Refused(Refusal::HeadTooLarge(_))
+        ));
+        let many = b"GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\n\r\n";
+        assert_eq!(
+            check_head(many, limits),
+            HeadCheck::Refused(Refusal::HeadTooLarge("too many header fields"))
+        );
+        assert_eq!(
+            check_head(b"GET / HTTP/1.1\r\nX: a", limits),
+            HeadCheck::Partial
+        );
+    }
+
+    #[test]
+    fn chunk_grammar_at_every_split() {
+        let body = b"5\r\nhello\r\na;ext=1\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n";
+        for split in 0..=body.len() {
+            let (a, b) = body.split_at(split);
+            let (n, next) = chunk_step(Chunk::Size { digits: 0, size: 0 }, a);
+            assert_eq!(n, a.len());
+            let Some(ChunkNext::In(c)) = next else {
+                assert_eq!(split, body.len(), "ended early at {split}");
+                continue;
+            };
+            let (m, next) = chunk_step(c, b);
+            assert_eq!(m, b.len(), "split {split}");
+            assert!(matches!(next, Some(ChunkNext::Done)), "split {split}");
+        }
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello",
+            b"2\r\nabX",
+            b"0\r\n\n",
+            b"11111111111111111\r\n",
+        ] {
+            let (_, next) = chunk_step(Chunk::Size { digits: 0, size: 0 }, bad);
+            assert!(next.is_none(), "{bad:?}");
+        }
+    }
+
+    /// Feed `input` in pieces of `piece` bytes through the guard; what hyper would read.
+    async fn through(input: &[u8], piece: usize) -> (Vec<u8>, Option<Refusal>, u64) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let guard = Arc::new(ConnGuard::default());
+        let mut io = GuardedIo::new(server, guard.clone(), HeadLimits::default());
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            for c in input.chunks(piece.max(1)) {
+                client.write_all(c).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client.shutdown().await.expect("shutdown");
+        });
+        // Until end of stream, or the stand-in (after which reads never complete).
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 512];
+        for _ in 0..100_000 {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), io.read(&mut chunk))
+                .await
+                .expect("read before deadline")
+                .expect("read");
+            out.extend_from_slice(&chunk[..n]);
+            if n == 0 || (guard.refusal.get().is_some() && out.ends_with(STAND_IN)) {
+                break;
+            }
+        }
+        writer.await.expect("writer");
+        let at = guard.refused_at.load(Ordering::Acquire);
+        (out, guard.refusal.get().copied(), at)
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_pass_and_a_smuggled_one_is_cut_off() {
+        let good = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: a\r\n\r\nPOST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let bad = b"POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+        let input = [&good[..], &bad[..]].concat();
+        for piece in [1, 3, 7, 64, 4096] {
+            let (out, why, at) = through(&input, piece).await;
+            assert_eq!(out, [&good[..], STAND_IN].concat(), "piece {piece}");
+            assert_eq!(
+                why,
+                Some(Refusal::Malformed("Content-Length with Transfer-Encoding"))
+            );
+            assert_eq!(at, 3, "the fourth request is the stand-in");
+        }
+    }
+
+    #[tokio::test]
+    async fn h2_and_clean_streams_pass_unchanged() {
+        let h2 = [H2_PREFACE, &[0u8, 0, 0, 4, 0, 0, 0, 0, 0][..]].concat();
+        for input in [
+            &h2[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo",
+        ] {
+            for piece in [1, 5, 4096] {
+                let (out, why, _) = through(input, piece).await;
+                assert_eq!(out, input, "piece {piece}");
+                assert_eq!(why, None);
+            }
+        }
+    }
+}

@@ -45,6 +45,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         for a in &running.listen_addrs {
             tracing::info!(listen = %a, "serving");
         }
+        for a in &running.tls_addrs {
+            tracing::info!(listen = %a, "serving TLS");
+        }
         if let Some(a) = running.admin_addr {
             tracing::info!(admin = %a, "admin listening");
         }
@@ -53,6 +56,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             match running.control.reload("SIGHUP") {
                 Ok(()) => tracing::info!("config reloaded"),
                 Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),
+            }
+            if running.tls.is_some() {
+                match running.reload_tls() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "TLS reload refused; the certificate in use stays"),
+                }
             }
         }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");

@@ -179,6 +179,9 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         max_connections: DEFAULT_MAX_CONNECTIONS,
         body_timeout: DEFAULT_BODY_TIMEOUT,
         head_limits: Default::default(),
+        tls_listen: Vec::new(),
+        tls: None,
+        upstream_ca: None,
         compare: None,
         control: Default::default(),
         table,
@@ -633,7 +636,7 @@ fn service(
     ))
 }
 
-/// `host:port` or `http://host:port` (no path).
+/// `host:port`, `http://host[:port]` or `https://host[:port]` (no path; default ports 80/443).
 pub fn parse_endpoint(addr: &str) -> Result<(Scheme, Authority), String> {
     let with_scheme = if addr.contains("://") {
         addr.to_owned()
@@ -643,27 +646,37 @@ pub fn parse_endpoint(addr: &str) -> Result<(Scheme, Authority), String> {
     let uri: Uri = with_scheme
         .parse()
         .map_err(|_| format!("`{addr}` is not an address (host:port or http://host:port)"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(format!("`{addr}`: https upstreams are not supported yet")),
-        _ => return Err(format!("`{addr}`: only http:// upstreams are supported")),
-    }
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
+        _ => {
+            return Err(format!(
+                "`{addr}`: only http:// and https:// upstreams are supported"
+            ))
+        }
+    };
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
         return Err(format!("`{addr}`: an upstream address has no path"));
     }
-    let authority = uri
+    let mut authority = uri
         .authority()
         .cloned()
         .ok_or_else(|| format!("`{addr}` has no host"))?;
     if authority.port_u16().is_none() {
-        return Err(format!("`{addr}` has no port"));
+        if !addr.contains("://") {
+            return Err(format!("`{addr}` has no port"));
+        }
+        let port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        authority = format!("{}:{port}", authority.as_str())
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an address"))?;
     }
     if authority.as_str().contains('@') {
         return Err(format!(
             "`{addr}`: credentials in upstream addresses are not supported"
         ));
     }
-    Ok((Scheme::HTTP, authority))
+    Ok((scheme, authority))
 }
 
 pub fn shadow_settings(
@@ -744,4 +757,24 @@ pub fn shadow_settings(
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_take_http_and_https_with_default_ports() {
+        let ok = |a: &str| {
+            let (s, auth) = parse_endpoint(a).expect(a);
+            format!("{s}://{auth}")
+        };
+        assert_eq!(ok("127.0.0.1:9001"), "http://127.0.0.1:9001");
+        assert_eq!(ok("http://v1.local"), "http://v1.local:80");
+        assert_eq!(ok("https://v1.local"), "https://v1.local:443");
+        assert_eq!(ok("https://localhost:8443"), "https://localhost:8443");
+        for bad in ["v1.local", "ftp://a:1", "http://a:1/path", "http://u:p@a:1"] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+    }
 }

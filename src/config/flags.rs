@@ -76,6 +76,18 @@ pub struct ServeFlags {
     /// Client connections open at once (default 10000); past it accepting pauses.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Accept TLS on this address too (repeatable); needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<String>,
+    /// Certificate chain (PEM) for --tls-listen; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-listen; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that https:// upstreams are verified against (default: Mozilla's roots).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
     /// Request line and headers together (default 64KiB): 431 past it, 414 for a long line.
     #[arg(long, value_name = "SIZE")]
     pub max_header_bytes: Option<String>,
@@ -260,6 +272,28 @@ pub fn load_with_warnings(
         }
         rt.max_connections = n;
     }
+    rt.tls_listen = f
+        .tls_listen
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|_| flag_err("--tls-listen", format!("`{a}` is not an IP:port address")))
+        })
+        .collect::<Result<_, _>>()?;
+    rt.tls = match (&f.tls_cert, &f.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::proxy::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) if rt.tls_listen.is_empty() => None,
+        (None, None) => return Err(flag_err("--tls-listen", "needs --tls-cert and --tls-key")),
+        (Some(_), None) => return Err(flag_err("--tls-cert", "needs --tls-key")),
+        (None, Some(_)) => return Err(flag_err("--tls-key", "needs --tls-cert")),
+    };
+    if rt.tls.is_some() && rt.tls_listen.is_empty() {
+        return Err(flag_err("--tls-cert", "needs --tls-listen ADDR"));
+    }
+    rt.upstream_ca = f.upstream_ca.clone();
     if let Some(v) = &f.max_header_bytes {
         rt.head_limits.max_bytes = super::parse_size(v)
             .ok()

@@ -38,6 +38,11 @@ pub struct Runtime {
     pub body_timeout: Duration,
     /// Request head size and field count (431 past either; 414 for a request line alone).
     pub head_limits: crate::proxy::guard::HeadLimits,
+    /// TLS listeners (with `tls`'s certificate; ALPN h2 and http/1.1).
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls: Option<crate::proxy::tls::TlsFiles>,
+    /// CA bundle that `https://` upstreams are verified against (default: Mozilla's roots).
+    pub upstream_ca: Option<std::path::PathBuf>,
     /// Compare shadows with the primary and record the pairs (`None`: mirror only).
     pub compare: Option<crate::compare::CompareConfig>,
     /// Live control: state file, admin token, how to reload.

@@ -23,7 +23,6 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -38,7 +37,7 @@ use crate::telemetry::{AccessLog, Entry, Metrics, MirrorOutcome};
 pub const MIRROR_HEADER: HeaderName = HeaderName::from_static("x-mirrorctl-shadow");
 
 /// The client mirrored requests go through: a pool of its own, apart from the primary's.
-pub type ShadowClient = Client<HttpConnector, ChunksBody>;
+pub type ShadowClient = Client<crate::proxy::Connector, ChunksBody>;
 
 /// How a shadow is treated; the defaults follow Envoy/Istio where they have one.
 #[derive(Debug, Clone)]

@@ -38,10 +38,11 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     refused: Option<Refusal>,
+    scheme: &'static str,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     state.metrics.in_flight.inc();
-    let resp = match forward(&state, req, peer, start, refused).await {
+    let resp = match forward(&state, req, peer, start, refused, scheme).await {
         Ok(r) => r,
         Err((e, ctx)) => {
             log_primary(
@@ -83,6 +84,7 @@ async fn forward(
     peer: SocketAddr,
     start: Instant,
     refused: Option<Refusal>,
+    scheme: &'static str,
 ) -> Result<Response<ProxyBody>, Failed> {
     let (mut parts, body) = req.into_parts();
     let original_pq = parts
@@ -110,14 +112,14 @@ async fn forward(
     let request_id = headers::ensure_request_id(&mut parts.headers);
     ctx.request_id = Some(request_id.clone());
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, peer.ip(), "http");
+    headers::add_forwarded(&mut parts.headers, peer.ip(), scheme);
 
     // Route. The table is loaded once: the request finishes on the table it started with.
     let table = state.table.load();
     let view = RequestView {
         parts: &parts,
         authority: host.as_ref().and_then(|h| h.to_str().ok()),
-        scheme: "http",
+        scheme,
     };
     let Some((route, matched)) = table.select(&view) else {
         return Err((ProxyError::NoRoute(ctx.path.to_string()), ctx));

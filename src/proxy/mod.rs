@@ -10,6 +10,7 @@ pub mod guard;
 mod handler;
 pub mod headers;
 mod server;
+pub mod tls;
 
 pub use error::{error_chain, ProxyError};
 
@@ -42,8 +43,11 @@ pub type ProxyBody = Either<crate::compare::CaptureBody<Incoming>, Full<Bytes>>;
 pub type PrimaryBody =
     Either<TeeBody<crate::body::IdleTimeout<Incoming>>, http_body_util::Empty<Bytes>>;
 
+/// How upstream connections are made: TCP, then TLS for `https://` endpoints.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 /// The primary's pooled client.
-pub type PrimaryClient = Client<HttpConnector, PrimaryBody>;
+pub type PrimaryClient = Client<Connector, PrimaryBody>;
 
 /// Everything a request reads. One per worker thread (its own upstream pools); the table,
 /// metrics and access log are shared by all workers.
@@ -64,6 +68,10 @@ pub struct State {
 /// A started proxy.
 pub struct Running {
     pub listen_addrs: Vec<SocketAddr>,
+    /// The TLS listeners' addresses.
+    pub tls_addrs: Vec<SocketAddr>,
+    /// The TLS listeners' certificate (reload with [`Running::reload_tls`]).
+    pub tls: Option<Arc<tls::ServerTls>>,
     pub admin_addr: Option<SocketAddr>,
     pub table: Arc<ArcSwap<Table>>,
     pub metrics: Arc<Metrics>,
@@ -75,12 +83,16 @@ pub struct Running {
     shutdown_timeout: Duration,
 }
 
-fn connector(connect_timeout: Duration) -> HttpConnector {
+fn connector(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Connector {
     let mut c = HttpConnector::new();
     c.set_connect_timeout(Some(connect_timeout));
     c.set_nodelay(true);
     c.enforce_http(false);
-    c
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(c)
 }
 
 fn client_builder() -> hyper_util::client::legacy::Builder {
@@ -116,18 +128,36 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         .compare
         .map(|c| Arc::new(crate::compare::Comparator::start(c, metrics.clone())));
 
-    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let client_tls = tls::client_config(rt.upstream_ca.as_deref())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let server_tls = match &rt.tls {
+        Some(files) => Some(Arc::new(
+            tls::ServerTls::load(files).map_err(|e| std::io::Error::other(e.to_string()))?,
+        )),
+        None => None,
+    };
+
+    // Each worker gets its own socket of every listener (plain, then TLS).
+    let mut sockets: Vec<Vec<(std::net::TcpListener, bool)>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut listen_addrs = Vec::new();
-    for addr in &rt.listen {
+    let mut tls_addrs = Vec::new();
+    let all = rt.listen.iter().map(|a| (a, false));
+    let all = all.chain(rt.tls_listen.iter().map(|a| (a, true)));
+    for (addr, secure) in all {
         let ctx = |e: std::io::Error| {
             std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
         };
         let first = bind_reuseport(*addr).map_err(ctx)?;
         let actual = first.local_addr()?;
-        listen_addrs.push(actual);
-        sockets[0].push(first);
+        if secure {
+            tls_addrs.push(actual);
+        } else {
+            listen_addrs.push(actual);
+        }
+        sockets[0].push((first, secure));
         for w in sockets.iter_mut().skip(1) {
-            w.push(bind_reuseport(actual).map_err(ctx)?);
+            w.push((bind_reuseport(actual).map_err(ctx)?, secure));
         }
     }
 
@@ -149,6 +179,8 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let shutdown_timeout = rt.shutdown_timeout;
         let body_timeout = rt.body_timeout;
         let head_limits = rt.head_limits;
+        let client_tls = client_tls.clone();
+        let server_tls = server_tls.clone();
         std::thread::Builder::new()
             .name(format!("mirrorctl-worker-{i}"))
             .spawn(move || {
@@ -165,9 +197,9 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                 runtime.block_on(async move {
                     let state = Arc::new(State {
                         table,
-                        client: client_builder().build(connector(connect_timeout)),
+                        client: client_builder().build(connector(connect_timeout, &client_tls)),
                         mirror: MirrorContext {
-                            client: client_builder().build(connector(connect_timeout)),
+                            client: client_builder().build(connector(connect_timeout, &client_tls)),
                             access_log: access_log.clone(),
                             compare: comparator,
                         },
@@ -178,12 +210,13 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         head_limits,
                     });
                     let mut set = JoinSet::new();
-                    for l in listeners {
+                    for (l, secure) in listeners {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
                                 set.spawn(server::serve(
                                     l,
                                     state.clone(),
+                                    secure.then(|| server_tls.clone()).flatten(),
                                     stop_rx.clone(),
                                     shutdown_timeout,
                                 ));
@@ -232,6 +265,8 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
     };
     Ok(Running {
         listen_addrs,
+        tls_addrs,
+        tls: server_tls,
         admin_addr,
         table,
         metrics,
@@ -259,6 +294,14 @@ impl Running {
             t.abort();
         }
         self.scheduler.abort();
+    }
+
+    /// Re-read the TLS listeners' certificate and key (SIGHUP); a bad pair keeps the current.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Replace the routing table; requests already routed finish on the old one.

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::guard::{ConnGuard, GuardedIo};
+use super::tls::ServerTls;
 use super::{handler, State};
 
 /// How long a client may take to send a request head (slowloris guard; nginx: 60 s).
@@ -19,6 +20,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
+    tls: Option<Arc<ServerTls>>,
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
 ) {
@@ -56,22 +58,24 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let metrics = state.metrics.clone();
-        let guard = Arc::new(ConnGuard::default());
-        let io = GuardedIo::new(stream, guard.clone(), state.head_limits);
-        let svc = service_fn(move |req| {
-            let state = state.clone();
-            let refused = guard.next_request();
-            async move {
-                Ok::<_, std::convert::Infallible>(handler::handle(state, req, peer, refused).await)
-            }
-        });
-        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-        let conn = graceful.watch(conn);
-        metrics.connections.inc();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        state.metrics.connections.inc();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+            let metrics = state.metrics.clone();
+            match tls {
+                None => serve_io(builder, watcher, stream, state, peer, "http").await,
+                Some(tls) => {
+                    let hs =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor().accept(stream))
+                            .await;
+                    match hs {
+                        Ok(Ok(s)) => serve_io(builder, watcher, s, state, peer, "https").await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             metrics.connections.dec();
             drop(slot);
@@ -86,5 +90,34 @@ pub async fn serve(
             ?shutdown_timeout,
             "shutdown deadline passed with requests in flight"
         );
+    }
+}
+
+/// One client connection (plain, or TLS after its handshake): every request head checked by
+/// the guard, then hyper's HTTP/1.1 or HTTP/2.
+async fn serve_io<I>(
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    state: Arc<State>,
+    peer: std::net::SocketAddr,
+    scheme: &'static str,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let guard = Arc::new(ConnGuard::default());
+    let io = GuardedIo::new(io, guard.clone(), state.head_limits);
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        let refused = guard.next_request();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                handler::handle(state, req, peer, refused, scheme).await,
+            )
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, %peer, "client connection ended with an error");
     }
 }

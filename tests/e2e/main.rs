@@ -9,3 +9,4 @@ mod hygiene;
 mod mirror;
 mod primary;
 mod routing;
+mod tls;

@@ -80,6 +80,15 @@ pub fn sha256(b: &[u8]) -> String {
 
 impl Upstream {
     pub async fn start(behavior: Behavior) -> Upstream {
+        Upstream::start_with(behavior, None).await
+    }
+
+    /// An upstream that speaks TLS (https://) with this acceptor's certificate.
+    pub async fn start_tls(behavior: Behavior, tls: tokio_rustls::TlsAcceptor) -> Upstream {
+        Upstream::start_with(behavior, Some(tls)).await
+    }
+
+    async fn start_with(behavior: Behavior, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -153,10 +162,19 @@ impl Upstream {
                         Ok::<_, Infallible>(resp)
                     }
                 });
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+                    let b = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = b.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(s) = tls.accept(s).await {
+                                let _ = b.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod compare;
 mod control;
+mod h2;
 mod hygiene;
 mod mirror;
 mod primary;

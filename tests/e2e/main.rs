@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod compare;
 mod control;
+mod faults;
 mod h2;
 mod hygiene;
 mod mirror;

@@ -172,14 +172,6 @@ async fn native_seed_example_mirrors_to_the_test_subset() {
     proxy.stop().await;
 }
 
-fn write_cfg(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mirrorctl-rt-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let p = dir.join(format!("{name}.yaml"));
-    std::fs::write(&p, text).expect("write");
-    p
-}
-
 #[tokio::test]
 async fn retries_apply_to_the_primary_only_and_never_resend_a_mirror() {
     let primary = Upstream::start(Behavior::FailFirst(2, 503)).await;

@@ -88,17 +88,33 @@ impl Upstream {
         Upstream::start_with(behavior, Some(tls)).await
     }
 
+    /// An upstream on a given address (e.g. a killed one's, to restart it).
+    pub async fn start_at(addr: SocketAddr, behavior: Behavior) -> Upstream {
+        Upstream::bind_with(addr, behavior, None).await
+    }
+
     async fn start_with(behavior: Behavior, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Upstream::bind_with(any, behavior, tls).await
+    }
+
+    /// Dropping an upstream kills it: the listener and every open connection close.
+    async fn bind_with(
+        addr: SocketAddr,
+        behavior: Behavior,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
+        let l = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = l.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let count = Arc::new(AtomicUsize::new(0));
         let c2 = count.clone();
         let task = tokio::spawn(async move {
+            // Connections belong to this task: aborting it closes them all.
+            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((s, _)) = l.accept().await else { return };
+                while conns.try_join_next().is_some() {}
                 let tx = tx.clone();
                 let behavior = behavior.clone();
                 let count = c2.clone();
@@ -163,7 +179,7 @@ impl Upstream {
                     }
                 });
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let b = auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
@@ -401,4 +417,13 @@ pub async fn get_with(
     let h = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (st, h, body)
+}
+
+/// A config file with this text, in a temp dir of its own.
+pub fn write_cfg(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mirrorctl-rt-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, text).expect("write");
+    p
 }

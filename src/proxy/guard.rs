@@ -142,7 +142,9 @@ enum Step {
 
 /// A client connection's stream with its request heads checked; see the module docs.
 pub struct GuardedIo<T> {
-    inner: T,
+    /// The stream, behind a limit that is lifted except for direct body reads (so a direct
+    /// read never runs past the body into the next head, and never zeroes hyper's buffer).
+    inner: tokio::io::Take<T>,
     guard: Arc<ConnGuard>,
     limits: HeadLimits,
     phase: Phase,
@@ -163,10 +165,11 @@ pub struct GuardedIo<T> {
     refused: bool,
 }
 
-impl<T> GuardedIo<T> {
+impl<T: AsyncRead> GuardedIo<T> {
     pub fn new(inner: T, guard: Arc<ConnGuard>, limits: HeadLimits) -> Self {
+        use tokio::io::AsyncReadExt;
         GuardedIo {
-            inner,
+            inner: inner.take(u64::MAX),
             guard,
             limits,
             phase: Phase::Start,
@@ -204,11 +207,10 @@ impl<T> GuardedIo<T> {
                 }
             }
             Phase::Head => {
-                // Parse only once an end of head may be there (or the limit is passed).
-                let from = self.searched.saturating_sub(3);
-                let ended = rest[from..].windows(2).any(|w| w == b"\n\n")
-                    || rest[from..].windows(3).any(|w| w == b"\n\r\n");
-                if !ended && rest.len() <= self.limits.max_bytes {
+                // Parse on the first bytes, then again only when a line has ended since (a
+                // head trickled byte by byte is parsed once per line, not once per byte).
+                let new_line = rest[self.searched..].contains(&b'\n');
+                if self.searched > 0 && !new_line && rest.len() <= self.limits.max_bytes {
                     self.searched = rest.len();
                     return Step::NeedMore;
                 }
@@ -255,7 +257,10 @@ impl<T> GuardedIo<T> {
                 };
                 Step::Took(len)
             }
-            HeadCheck::Partial => Step::NeedMore,
+            HeadCheck::Partial => {
+                self.searched = self.end - self.scanned;
+                Step::NeedMore
+            }
             HeadCheck::Refused(why) => {
                 self.refuse(why);
                 Step::Took(0)
@@ -328,13 +333,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                     _ => None,
                 };
                 if let Some(limit) = direct {
-                    let room = dst
-                        .remaining()
-                        .min(usize::try_from(limit).unwrap_or(usize::MAX));
-                    let mut sub = ReadBuf::new(dst.initialize_unfilled_to(room));
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut sub))?;
-                    let n = sub.filled().len();
-                    dst.advance(n);
+                    let before = dst.filled().len();
+                    this.inner.set_limit(limit);
+                    let polled = Pin::new(&mut this.inner).poll_read(cx, dst);
+                    this.inner.set_limit(u64::MAX);
+                    ready!(polled)?;
+                    let n = dst.filled().len() - before;
                     if n > 0 {
                         this.phase = match this.phase {
                             Phase::Length(l) if l == n as u64 => Phase::Head,
@@ -376,13 +380,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(self.inner.get_mut()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -390,19 +394,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(self.inner.get_mut()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.get_ref().is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(self.inner.get_mut()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(self.inner.get_mut()).poll_shutdown(cx)
     }
 }
 

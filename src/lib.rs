@@ -12,6 +12,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod control;
+pub mod fuzzing;
 pub mod mirror;
 pub mod proxy;
 pub mod routing;

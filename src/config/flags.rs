@@ -421,8 +421,9 @@ fn load_config(f: &ServeFlags, metrics: &Metrics) -> Result<(Runtime, Vec<String
     })
 }
 
-/// Istio files carry no listeners or proxy settings: those come from flags.
-fn istio_runtime(
+/// Istio files (`(source, text)` pairs) into a runtime. They carry no listeners or proxy
+/// settings: those come from flags.
+pub fn istio_runtime(
     f: &ServeFlags,
     texts: &[(String, String)],
     metrics: &Metrics,

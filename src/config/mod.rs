@@ -127,16 +127,27 @@ pub fn parse_str(text: &str, source: &str) -> Result<native::FileConfig, ConfigE
     })
 }
 
-/// Read and parse a config file (not yet validated).
-pub fn load_file_config(path: &Path) -> Result<native::FileConfig, ConfigError> {
+/// A file's text and the name errors give it.
+fn read(path: &Path) -> Result<(String, String), ConfigError> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::whole(&source, format!("cannot read: {e}")))?;
+    Ok((text, source))
+}
+
+/// Read and parse a config file (not yet validated).
+pub fn load_file_config(path: &Path) -> Result<native::FileConfig, ConfigError> {
+    let (text, source) = read(path)?;
     parse_str(&text, &source)
+}
+
+/// Parse and validate native YAML text: a file's contents, `source` naming it in errors.
+pub fn load_str(text: &str, source: &str, metrics: &Metrics) -> Result<Runtime, ConfigError> {
+    build(parse_str(text, source)?, source, metrics)
 }
 
 /// Read, parse and validate a config file.
 pub fn load_file(path: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-    let file = load_file_config(path)?;
-    build(file, &path.display().to_string(), metrics)
+    let (text, source) = read(path)?;
+    load_str(&text, &source, metrics)
 }

@@ -251,6 +251,14 @@ fn header_ops(cx: &Ctx, f: &HeaderOpsFile, field: &str) -> Result<HeaderOps, Con
             let name = header_name(cx, &k.to_ascii_lowercase(), &v.referenced, &f)?;
             let value = HeaderValue::from_str(&v.value)
                 .map_err(|_| cx.err(&v.referenced, &f, "not a valid header value"))?;
+            // HTTP/1.1 drops whitespace around a value: it would not arrive as written.
+            if v.value.starts_with([' ', '\t']) || v.value.ends_with([' ', '\t']) {
+                return Err(cx.err(
+                    &v.referenced,
+                    &f,
+                    "leading or trailing whitespace is not sent in a header value",
+                ));
+            }
             out.push((name, value));
         }
         Ok(out)
@@ -327,6 +335,14 @@ pub fn rewrite(
         }
     }
     let authority = match &f.authority {
+        // The Host header it becomes must be an authority as written (`host[:port]`).
+        Some(a) if http::uri::Authority::try_from(&*a.value).is_err() => {
+            return Err(cx.err(
+                &a.referenced,
+                &format!("{field}.authority"),
+                "not a valid host",
+            ))
+        }
         Some(a) => Some(HeaderValue::from_str(&a.value).map_err(|_| {
             cx.err(
                 &a.referenced,
@@ -498,5 +514,33 @@ mod tests {
             );
         }
         load("rewrite: {uri: /v2/%20x}").expect("a percent-encoded path is fine");
+    }
+
+    #[test]
+    fn header_values_and_authorities_arrive_as_written() {
+        // Found by the upstream_headers fuzz target: `set: {x-env: "prod "}` was accepted and
+        // reached the upstream as `prod` (HTTP/1.1 drops whitespace around a field value).
+        for bad in ["\"prod \"", "\" prod\"", "\"prod\\t\""] {
+            for kind in ["set", "add"] {
+                let e = load(&format!(
+                    "headers: {{request: {{{kind}: {{x-env: {bad}}}}}}}"
+                ))
+                .expect_err(bad);
+                assert!(
+                    e.contains(&format!("routes[0].headers.request.{kind}.x-env"))
+                        && e.contains("whitespace"),
+                    "{e}"
+                );
+            }
+        }
+        load("headers: {request: {set: {x-env: \"a b\"}}}").expect("inner spaces are fine");
+        for bad in ["\" internal\"", "\"a b\"", "\"host/path\""] {
+            let e = load(&format!("rewrite: {{authority: {bad}}}")).expect_err(bad);
+            assert!(
+                e.contains("routes[0].rewrite.authority: not a valid host"),
+                "{e}"
+            );
+        }
+        load("rewrite: {authority: \"internal.example:8080\"}").expect("host:port is fine");
     }
 }

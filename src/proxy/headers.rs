@@ -71,7 +71,12 @@ pub fn request_host(parts: &Parts) -> Option<HeaderValue> {
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
+            let id = v.clone();
+            // One id per request: a repeated header is cut down to the one used.
+            if h.get_all(X_REQUEST_ID).iter().nth(1).is_some() {
+                h.insert(X_REQUEST_ID, id.clone());
+            }
+            return id;
         }
     }
     let id = new_request_id();
@@ -186,6 +191,22 @@ mod tests {
         assert_eq!(&s[14..15], "4");
         assert_eq!(h[X_REQUEST_ID], id);
         assert_ne!(new_request_id(), new_request_id());
+        // Found by the upstream_headers fuzz target: a repeated x-request-id went upstream
+        // twice. The first (sane) one is kept, alone.
+        let mut h = HeaderMap::new();
+        h.append(X_REQUEST_ID, HeaderValue::from_static("abc-2"));
+        h.append(X_REQUEST_ID, HeaderValue::from_static("other"));
+        assert_eq!(ensure_request_id(&mut h), "abc-2");
+        assert_eq!(
+            h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
+            ["abc-2"]
+        );
+        let mut h = HeaderMap::new();
+        h.append(X_REQUEST_ID, HeaderValue::from_static(""));
+        h.append(X_REQUEST_ID, HeaderValue::from_static("other"));
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [id]);
     }
 
     #[test]

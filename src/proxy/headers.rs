@@ -46,14 +46,24 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Refuse what must never be forwarded. HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2);
-/// hyper accepts a missing or repeated one, we do not.
+/// hyper accepts a missing or repeated one, we do not. An HTTP/2 field value must not begin
+/// or end with whitespace (RFC 9113 §8.2.1): the HTTP/1.1 upstream would read it trimmed
+/// (the h2 crate lets it through; HTTP/1.1 parsing trims it already).
 pub fn check_request(parts: &Parts) -> Result<(), &'static str> {
     let hosts = parts.headers.get_all(header::HOST).iter().count();
     match (parts.version, hosts) {
-        (Version::HTTP_11, 0) => Err("missing Host header"),
-        (_, n) if n > 1 => Err("more than one Host header"),
-        _ => Ok(()),
+        (Version::HTTP_11, 0) => return Err("missing Host header"),
+        (_, n) if n > 1 => return Err("more than one Host header"),
+        _ => {}
     }
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    if parts.version == Version::HTTP_2 && parts.headers.values().any(padded) {
+        return Err("whitespace around a header value");
+    }
+    Ok(())
 }
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2 `:authority`).
@@ -223,5 +233,30 @@ mod tests {
         assert!(check_request(&p(Version::HTTP_11, &["a", "b"])).is_err());
         assert!(check_request(&p(Version::HTTP_10, &[])).is_ok());
         assert!(check_request(&p(Version::HTTP_2, &[])).is_ok());
+    }
+
+    #[test]
+    fn http2_values_with_surrounding_whitespace_are_refused() {
+        // Found by the upstream_headers fuzz target: `x: remove ` over HTTP/2 reached the
+        // HTTP/1.1 upstream as `x: remove`.
+        let p = |v: Version, value: &'static str| {
+            http::Request::get("http://a/")
+                .version(v)
+                .header("host", "a")
+                .header("x", HeaderValue::from_static(value))
+                .body(())
+                .expect("req")
+                .into_parts()
+                .0
+        };
+        for bad in ["remove ", " remove", "\tremove", " "] {
+            assert_eq!(
+                check_request(&p(Version::HTTP_2, bad)),
+                Err("whitespace around a header value"),
+                "{bad:?}"
+            );
+        }
+        assert!(check_request(&p(Version::HTTP_2, "re move")).is_ok());
+        assert!(check_request(&p(Version::HTTP_2, "")).is_ok());
     }
 }

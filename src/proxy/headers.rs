@@ -77,6 +77,16 @@ pub fn request_host(parts: &Parts) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
+/// The primary path's header hygiene, in this order: hop-by-hop headers go first, so a
+/// `Connection: x-request-id` cannot take away the id the request is given; then the request
+/// id (returned) and `x-forwarded-*`.
+pub fn identify(h: &mut HeaderMap, client: IpAddr, proto: &'static str) -> HeaderValue {
+    strip_hop_by_hop(h);
+    let id = ensure_request_id(h);
+    add_forwarded(h, client, proto);
+    id
+}
+
 /// Keep the client's `x-request-id` when it is sane, otherwise make one; returns it.
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(X_REQUEST_ID) {
@@ -173,6 +183,20 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn a_connection_listed_request_id_is_replaced_not_lost() {
+        // Found by the upstream_headers fuzz target: `Connection: x-request-id` removed the
+        // id after it was chosen, so the primary and the shadows got none.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-request-id"));
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("hop-1"));
+        let id = identify(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        assert_ne!(id, "hop-1", "a hop-by-hop id is not the request's");
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
+        assert!(!h.contains_key("connection"));
+        assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
     }
 
     #[test]

@@ -174,6 +174,13 @@ fn check_table(t: &Table) {
         check_route_targets(t, r);
     }
     assert!(any, "a table without routes");
+    for vh in &t.virtual_hosts {
+        assert!(
+            !vh.routes.is_empty(),
+            "virtual host `{}` has no routes: its hosts would only ever get 404",
+            vh.name
+        );
+    }
     // Route a few requests to every domain: first match wins, nothing panics.
     for vh in &t.virtual_hosts {
         for d in &vh.domains {

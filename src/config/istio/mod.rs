@@ -727,6 +727,14 @@ pub fn build(
                 "at least one host is needed",
             ));
         }
+        // As Istio's validation: a VirtualService routes something.
+        if spec.http.is_empty() {
+            return Err(cx.err(
+                &vs.spec.referenced,
+                "spec.http",
+                "at least one route is needed",
+            ));
+        }
         let mut routes = Vec::new();
         let single = spec.http.len() == 1;
         for (i, r) in spec.http.iter().enumerate() {
@@ -815,6 +823,21 @@ mod tests {
         assert_eq!(d[0], (0, "a: 1\n".into()));
         assert_eq!(d[1], (2, "b: 2\nc: 3\n".into()));
         assert_eq!(d[2].0, 7);
+    }
+
+    #[test]
+    fn a_virtual_service_without_routes_is_refused() {
+        // Found by the config_istio fuzz target: it was accepted, and its hosts only ever got
+        // 404.
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n";
+        let files = [("vs.yaml".to_owned(), text.to_owned())];
+        let e = crate::config::flags::istio_runtime(&Default::default(), &files, &Metrics::new())
+            .map(drop)
+            .expect_err("no routes");
+        assert_eq!(
+            e.to_string(),
+            "vs.yaml:5:3: document 1 (VirtualService web): spec.http: at least one route is needed"
+        );
     }
 
     #[test]

@@ -79,6 +79,11 @@ fn split_documents(text: &str) -> Vec<(u64, String)> {
         cur.push_str(line);
         cur.push('\n');
     }
+    // A file without a final newline: no line of its own after the last one, so that an
+    // error at the end of the file points into it.
+    if !text.ends_with('\n') {
+        cur.pop();
+    }
     if !cur.trim().is_empty() {
         docs.push((start, cur));
     }
@@ -823,6 +828,21 @@ mod tests {
         assert_eq!(d[0], (0, "a: 1\n".into()));
         assert_eq!(d[1], (2, "b: 2\nc: 3\n".into()));
         assert_eq!(d[2].0, 7);
+        assert_eq!(
+            split_documents("a: 1\n---\nb: 2"),
+            [(0, "a: 1\n".into()), (2, "b: 2".into())]
+        );
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_the_file_points_into_it() {
+        // Found by the config_istio fuzz target: the last document got a newline the file
+        // does not have, and an error at its end named line 2 of a 1-line file.
+        let files = [("x.yaml".to_owned(), "%{}on".to_owned())];
+        let e = crate::config::flags::istio_runtime(&Default::default(), &files, &Metrics::new())
+            .map(drop)
+            .expect_err("not YAML");
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]

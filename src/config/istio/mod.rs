@@ -682,6 +682,12 @@ fn endpoint_authority(address: &str, port: u32) -> Result<Authority, String> {
     if address.starts_with("unix://") {
         return Err(format!("`{address}`: unix sockets are not supported"));
     }
+    // Past 65535 the authority still parses, without a port: hyper would connect to 80.
+    if u16::try_from(port).is_err() {
+        return Err(format!(
+            "`{address}`: port {port} is not between 0 and 65535"
+        ));
+    }
     let host = if address.contains(':') && !address.starts_with('[') {
         format!("[{address}]")
     } else {
@@ -858,6 +864,24 @@ mod tests {
             e.to_string(),
             "vs.yaml:5:3: document 1 (VirtualService web): spec.http: at least one route is needed"
         );
+    }
+
+    #[test]
+    fn ports_past_65535_are_refused() {
+        // Found by the config_istio fuzz check on a hand-written input (the fuzzer did not
+        // reach it): `number: 70000` made an endpoint without a port, which hyper connects
+        // to on port 80.
+        let text = crate::fuzzing::ISTIO_CONFIG.replace("number: 8080", "number: 70000");
+        let files = [("x.yaml".to_owned(), text)];
+        let e = crate::config::flags::istio_runtime(&Default::default(), &files, &Metrics::new())
+            .map(drop)
+            .expect_err("port out of range");
+        assert!(
+            e.to_string()
+                .contains("port 70000 is not between 0 and 65535"),
+            "{e}"
+        );
+        assert!(endpoint_authority("10.0.0.1", 65535).is_ok());
     }
 
     #[test]

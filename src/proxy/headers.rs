@@ -24,6 +24,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether a header is hop-by-hop: one the proxy removes and manages itself.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 /// `Upgrade` goes too: upgrades are not proxied (yet).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -50,6 +55,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// or end with whitespace (RFC 9113 §8.2.1): the HTTP/1.1 upstream would read it trimmed
 /// (the h2 crate lets it through; HTTP/1.1 parsing trims it already).
 pub fn check_request(parts: &Parts) -> Result<(), &'static str> {
+    if parts.method == http::Method::CONNECT {
+        // hyper-util would send it to the upstream as `CONNECT upstream-address`: a tunnel
+        // to the upstream itself. Tunnels are not proxied.
+        return Err("CONNECT is not proxied");
+    }
     let hosts = parts.headers.get_all(header::HOST).iter().count();
     match (parts.version, hosts) {
         (Version::HTTP_11, 0) => return Err("missing Host header"),
@@ -257,6 +267,21 @@ mod tests {
         assert!(check_request(&p(Version::HTTP_11, &["a", "b"])).is_err());
         assert!(check_request(&p(Version::HTTP_10, &[])).is_ok());
         assert!(check_request(&p(Version::HTTP_2, &[])).is_ok());
+    }
+
+    #[test]
+    fn connect_is_refused() {
+        // Found by the upstream_headers fuzz check on a hand-written input (the fuzzer did not
+        // reach it): CONNECT went to the primary as `CONNECT 127.0.0.1:9001`.
+        let p = http::Request::builder()
+            .method("CONNECT")
+            .uri("my-app:443")
+            .header("host", "my-app:443")
+            .body(())
+            .expect("req")
+            .into_parts()
+            .0;
+        assert_eq!(check_request(&p), Err("CONNECT is not proxied"));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!   matching route of the virtual host an independent re-implementation of Envoy's host
 //!   precedence picks; weighted picks, endpoint picks, rewrites and mirror admission hold up.
 //! - [`upstream_headers`]: the primary path's header pipeline (`check_request`,
-//!   `ensure_request_id`, `strip_hop_by_hop`, `add_forwarded`, the route's header ops and
+//!   `identify` (hop-by-hop, request id, `x-forwarded-*`), the route's header ops and
 //!   rewrite, `Host`) and the mirror copies, written as HTTP/1.1 the way hyper and
 //!   hyper-util's client write them, parse back with `httparse` to the same method, path and
 //!   headers; hop-by-hop headers are gone and the request id, `x-forwarded-for` and `Host`
@@ -174,6 +174,13 @@ fn check_table(t: &Table) {
         check_route_targets(t, r);
     }
     assert!(any, "a table without routes");
+    for vh in &t.virtual_hosts {
+        assert!(
+            !vh.routes.is_empty(),
+            "virtual host `{}` has no routes: its hosts would only ever get 404",
+            vh.name
+        );
+    }
     // Route a few requests to every domain: first match wins, nothing panics.
     for vh in &t.virtual_hosts {
         for d in &vh.domains {
@@ -682,9 +689,7 @@ fn forward_and_check(table: &Table, client: &ClientHead, peer: IpAddr) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut host = headers::request_host(&parts);
-    let request_id = headers::ensure_request_id(&mut parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, peer, "http");
+    let request_id = headers::identify(&mut parts.headers, peer, "http");
     let view = RequestView {
         parts: &parts,
         authority: host.as_ref().and_then(|h| h.to_str().ok()),

@@ -249,8 +249,23 @@ fn header_ops(cx: &Ctx, f: &HeaderOpsFile, field: &str) -> Result<HeaderOps, Con
         for (k, v) in map {
             let f = format!("{field}.{kind}.{k}");
             let name = header_name(cx, &k.to_ascii_lowercase(), &v.referenced, &f)?;
+            if crate::proxy::headers::is_hop_by_hop(&name) {
+                return Err(cx.err(
+                    &v.referenced,
+                    &f,
+                    format!("`{name}` is hop-by-hop: mirrorctl manages it per connection"),
+                ));
+            }
             let value = HeaderValue::from_str(&v.value)
                 .map_err(|_| cx.err(&v.referenced, &f, "not a valid header value"))?;
+            // HTTP/1.1 drops whitespace around a value: it would not arrive as written.
+            if v.value.starts_with([' ', '\t']) || v.value.ends_with([' ', '\t']) {
+                return Err(cx.err(
+                    &v.referenced,
+                    &f,
+                    "leading or trailing whitespace is not sent in a header value",
+                ));
+            }
             out.push((name, value));
         }
         Ok(out)
@@ -327,6 +342,14 @@ pub fn rewrite(
         }
     }
     let authority = match &f.authority {
+        // The Host header it becomes must be an authority as written (`host[:port]`).
+        Some(a) if http::uri::Authority::try_from(&*a.value).is_err() => {
+            return Err(cx.err(
+                &a.referenced,
+                &format!("{field}.authority"),
+                "not a valid host",
+            ))
+        }
         Some(a) => Some(HeaderValue::from_str(&a.value).map_err(|_| {
             cx.err(
                 &a.referenced,
@@ -498,5 +521,54 @@ mod tests {
             );
         }
         load("rewrite: {uri: /v2/%20x}").expect("a percent-encoded path is fine");
+    }
+
+    #[test]
+    fn header_values_and_authorities_arrive_as_written() {
+        // Found by the upstream_headers fuzz target: `set: {x-env: "prod "}` was accepted and
+        // reached the upstream as `prod` (HTTP/1.1 drops whitespace around a field value).
+        for bad in ["\"prod \"", "\" prod\"", "\"prod\\t\""] {
+            for kind in ["set", "add"] {
+                let e = load(&format!(
+                    "headers: {{request: {{{kind}: {{x-env: {bad}}}}}}}"
+                ))
+                .expect_err(bad);
+                assert!(
+                    e.contains(&format!("routes[0].headers.request.{kind}.x-env"))
+                        && e.contains("whitespace"),
+                    "{e}"
+                );
+            }
+        }
+        load("headers: {request: {set: {x-env: \"a b\"}}}").expect("inner spaces are fine");
+        for bad in ["\" internal\"", "\"a b\"", "\"host/path\""] {
+            let e = load(&format!("rewrite: {{authority: {bad}}}")).expect_err(bad);
+            assert!(
+                e.contains("routes[0].rewrite.authority: not a valid host"),
+                "{e}"
+            );
+        }
+        load("rewrite: {authority: \"internal.example:8080\"}").expect("host:port is fine");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_cannot_be_set_by_a_route() {
+        // Found by the upstream_headers fuzz check on a hand-written input (the fuzzer did not
+        // reach it): `set: {connection: close}` put a Connection header back on the upstream
+        // request after the hop-by-hop headers were stripped.
+        for name in [
+            "connection",
+            "Transfer-Encoding",
+            "te",
+            "upgrade",
+            "keep-alive",
+        ] {
+            for (dir, kind) in [("request", "set"), ("request", "add"), ("response", "set")] {
+                let e = load(&format!("headers: {{{dir}: {{{kind}: {{{name}: x}}}}}}"))
+                    .expect_err(name);
+                assert!(e.contains("is hop-by-hop"), "{e}");
+            }
+        }
+        load("headers: {request: {remove: [connection, te]}}").expect("removing is harmless");
     }
 }

@@ -109,10 +109,8 @@ async fn forward(
 
     // Identify.
     let mut host = headers::request_host(&parts);
-    let request_id = headers::ensure_request_id(&mut parts.headers);
+    let request_id = headers::identify(&mut parts.headers, peer.ip(), scheme);
     ctx.request_id = Some(request_id.clone());
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, peer.ip(), scheme);
 
     // Route. The table is loaded once: the request finishes on the table it started with.
     let table = state.table.load();

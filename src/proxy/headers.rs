@@ -24,6 +24,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether a header is hop-by-hop: one the proxy removes and manages itself.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 /// `Upgrade` goes too: upgrades are not proxied (yet).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -46,14 +51,29 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Refuse what must never be forwarded. HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2);
-/// hyper accepts a missing or repeated one, we do not.
+/// hyper accepts a missing or repeated one, we do not. An HTTP/2 field value must not begin
+/// or end with whitespace (RFC 9113 §8.2.1): the HTTP/1.1 upstream would read it trimmed
+/// (the h2 crate lets it through; HTTP/1.1 parsing trims it already).
 pub fn check_request(parts: &Parts) -> Result<(), &'static str> {
+    if parts.method == http::Method::CONNECT {
+        // hyper-util would send it to the upstream as `CONNECT upstream-address`: a tunnel
+        // to the upstream itself. Tunnels are not proxied.
+        return Err("CONNECT is not proxied");
+    }
     let hosts = parts.headers.get_all(header::HOST).iter().count();
     match (parts.version, hosts) {
-        (Version::HTTP_11, 0) => Err("missing Host header"),
-        (_, n) if n > 1 => Err("more than one Host header"),
-        _ => Ok(()),
+        (Version::HTTP_11, 0) => return Err("missing Host header"),
+        (_, n) if n > 1 => return Err("more than one Host header"),
+        _ => {}
     }
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    if parts.version == Version::HTTP_2 && parts.headers.values().any(padded) {
+        return Err("whitespace around a header value");
+    }
+    Ok(())
 }
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2 `:authority`).
@@ -67,11 +87,26 @@ pub fn request_host(parts: &Parts) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
+/// The primary path's header hygiene, in this order: hop-by-hop headers go first, so a
+/// `Connection: x-request-id` cannot take away the id the request is given; then the request
+/// id (returned) and `x-forwarded-*`.
+pub fn identify(h: &mut HeaderMap, client: IpAddr, proto: &'static str) -> HeaderValue {
+    strip_hop_by_hop(h);
+    let id = ensure_request_id(h);
+    add_forwarded(h, client, proto);
+    id
+}
+
 /// Keep the client's `x-request-id` when it is sane, otherwise make one; returns it.
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
+            let id = v.clone();
+            // One id per request: a repeated header is cut down to the one used.
+            if h.get_all(X_REQUEST_ID).iter().nth(1).is_some() {
+                h.insert(X_REQUEST_ID, id.clone());
+            }
+            return id;
         }
     }
     let id = new_request_id();
@@ -161,6 +196,20 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_listed_request_id_is_replaced_not_lost() {
+        // Found by the upstream_headers fuzz target: `Connection: x-request-id` removed the
+        // id after it was chosen, so the primary and the shadows got none.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-request-id"));
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("hop-1"));
+        let id = identify(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        assert_ne!(id, "hop-1", "a hop-by-hop id is not the request's");
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
+        assert!(!h.contains_key("connection"));
+        assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
+    }
+
+    #[test]
     fn forwarded_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
@@ -186,6 +235,22 @@ mod tests {
         assert_eq!(&s[14..15], "4");
         assert_eq!(h[X_REQUEST_ID], id);
         assert_ne!(new_request_id(), new_request_id());
+        // Found by the upstream_headers fuzz target: a repeated x-request-id went upstream
+        // twice. The first (sane) one is kept, alone.
+        let mut h = HeaderMap::new();
+        h.append(X_REQUEST_ID, HeaderValue::from_static("abc-2"));
+        h.append(X_REQUEST_ID, HeaderValue::from_static("other"));
+        assert_eq!(ensure_request_id(&mut h), "abc-2");
+        assert_eq!(
+            h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
+            ["abc-2"]
+        );
+        let mut h = HeaderMap::new();
+        h.append(X_REQUEST_ID, HeaderValue::from_static(""));
+        h.append(X_REQUEST_ID, HeaderValue::from_static("other"));
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [id]);
     }
 
     #[test]
@@ -202,5 +267,45 @@ mod tests {
         assert!(check_request(&p(Version::HTTP_11, &["a", "b"])).is_err());
         assert!(check_request(&p(Version::HTTP_10, &[])).is_ok());
         assert!(check_request(&p(Version::HTTP_2, &[])).is_ok());
+    }
+
+    #[test]
+    fn connect_is_refused() {
+        // Found by the upstream_headers fuzz check on a hand-written input (the fuzzer did not
+        // reach it): CONNECT went to the primary as `CONNECT 127.0.0.1:9001`.
+        let p = http::Request::builder()
+            .method("CONNECT")
+            .uri("my-app:443")
+            .header("host", "my-app:443")
+            .body(())
+            .expect("req")
+            .into_parts()
+            .0;
+        assert_eq!(check_request(&p), Err("CONNECT is not proxied"));
+    }
+
+    #[test]
+    fn http2_values_with_surrounding_whitespace_are_refused() {
+        // Found by the upstream_headers fuzz target: `x: remove ` over HTTP/2 reached the
+        // HTTP/1.1 upstream as `x: remove`.
+        let p = |v: Version, value: &'static str| {
+            http::Request::get("http://a/")
+                .version(v)
+                .header("host", "a")
+                .header("x", HeaderValue::from_static(value))
+                .body(())
+                .expect("req")
+                .into_parts()
+                .0
+        };
+        for bad in ["remove ", " remove", "\tremove", " "] {
+            assert_eq!(
+                check_request(&p(Version::HTTP_2, bad)),
+                Err("whitespace around a header value"),
+                "{bad:?}"
+            );
+        }
+        assert!(check_request(&p(Version::HTTP_2, "re move")).is_ok());
+        assert!(check_request(&p(Version::HTTP_2, "")).is_ok());
     }
 }

@@ -79,6 +79,11 @@ fn split_documents(text: &str) -> Vec<(u64, String)> {
         cur.push_str(line);
         cur.push('\n');
     }
+    // A file without a final newline: no line of its own after the last one, so that an
+    // error at the end of the file points into it.
+    if !text.ends_with('\n') {
+        cur.pop();
+    }
     if !cur.trim().is_empty() {
         docs.push((start, cur));
     }
@@ -677,6 +682,12 @@ fn endpoint_authority(address: &str, port: u32) -> Result<Authority, String> {
     if address.starts_with("unix://") {
         return Err(format!("`{address}`: unix sockets are not supported"));
     }
+    // Past 65535 the authority still parses, without a port: hyper would connect to 80.
+    if u16::try_from(port).is_err() {
+        return Err(format!(
+            "`{address}`: port {port} is not between 0 and 65535"
+        ));
+    }
     let host = if address.contains(':') && !address.starts_with('[') {
         format!("[{address}]")
     } else {
@@ -725,6 +736,14 @@ pub fn build(
                 &vs.spec.referenced,
                 "spec.hosts",
                 "at least one host is needed",
+            ));
+        }
+        // As Istio's validation: a VirtualService routes something.
+        if spec.http.is_empty() {
+            return Err(cx.err(
+                &vs.spec.referenced,
+                "spec.http",
+                "at least one route is needed",
             ));
         }
         let mut routes = Vec::new();
@@ -815,6 +834,54 @@ mod tests {
         assert_eq!(d[0], (0, "a: 1\n".into()));
         assert_eq!(d[1], (2, "b: 2\nc: 3\n".into()));
         assert_eq!(d[2].0, 7);
+        assert_eq!(
+            split_documents("a: 1\n---\nb: 2"),
+            [(0, "a: 1\n".into()), (2, "b: 2".into())]
+        );
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_the_file_points_into_it() {
+        // Found by the config_istio fuzz target: the last document got a newline the file
+        // does not have, and an error at its end named line 2 of a 1-line file.
+        let files = [("x.yaml".to_owned(), "%{}on".to_owned())];
+        let e = crate::config::flags::istio_runtime(&Default::default(), &files, &Metrics::new())
+            .map(drop)
+            .expect_err("not YAML");
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn a_virtual_service_without_routes_is_refused() {
+        // Found by the config_istio fuzz target: it was accepted, and its hosts only ever got
+        // 404.
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n";
+        let files = [("vs.yaml".to_owned(), text.to_owned())];
+        let e = crate::config::flags::istio_runtime(&Default::default(), &files, &Metrics::new())
+            .map(drop)
+            .expect_err("no routes");
+        assert_eq!(
+            e.to_string(),
+            "vs.yaml:5:3: document 1 (VirtualService web): spec.http: at least one route is needed"
+        );
+    }
+
+    #[test]
+    fn ports_past_65535_are_refused() {
+        // Found by the config_istio fuzz check on a hand-written input (the fuzzer did not
+        // reach it): `number: 70000` made an endpoint without a port, which hyper connects
+        // to on port 80.
+        let text = crate::fuzzing::ISTIO_CONFIG.replace("number: 8080", "number: 70000");
+        let files = [("x.yaml".to_owned(), text)];
+        let e = crate::config::flags::istio_runtime(&Default::default(), &files, &Metrics::new())
+            .map(drop)
+            .expect_err("port out of range");
+        assert!(
+            e.to_string()
+                .contains("port 70000 is not between 0 and 65535"),
+            "{e}"
+        );
+        assert!(endpoint_authority("10.0.0.1", 65535).is_ok());
     }
 
     #[test]

@@ -23,7 +23,8 @@ usage() {
   cat <<EOF
 Usage: $0 [options]
   --proxies LIST                 interleave several proxies in one run: nginx,mirrorctl (each
-                                 run does every proxy in turn, then the next scenario)
+                                 run does every proxy in turn, then the next scenario); an
+                                 entry mirrorctl-LABEL=BIN adds another mirrorctl build (A/B)
   --mirrorctl BIN                mirrorctl binary (default: target/release/mirrorctl)
   --mirrorctl-args 'ARGS'        extra serve flags for mirrorctl (default: --workers 1)
   --post-bytes N                 body size for scenario P (default 65536)
@@ -131,17 +132,19 @@ NGINX_CMD_DEFAULT="$NGINX -p {RUNDIR} -c {CONF} -g 'daemon off;'"
 HAPROXY_CMD_DEFAULT="$HAPROXY -db -f {CONF}"
 USER_PROXY_CMD=$PROXY_CMD
 USER_PROXY_CONF=$PROXY_CONF
-select_proxy() {  # select_proxy NAME: sets PROXY PROXY_CMD PROXY_CONF
-  PROXY=$1; PROXY_CMD=$USER_PROXY_CMD; PROXY_CONF=$USER_PROXY_CONF
+select_proxy() {  # select_proxy NAME[=BIN]: sets PROXY PROXY_CMD PROXY_CONF
+  PROXY=${1%%=*}; PROXY_CMD=$USER_PROXY_CMD; PROXY_CONF=$USER_PROXY_CONF
+  local bin=$MIRRORCTL
+  case "$1" in mirrorctl*=*) bin=${1#*=};; esac
   case "$PROXY" in
     nginx)   [ -n "$PROXY_CONF" ] || PROXY_CONF=$HERE/conf/proxy-nginx.conf.tmpl
              [ -n "$PROXY_CMD" ] || PROXY_CMD=$NGINX_CMD_DEFAULT;;
     haproxy) [ -n "$PROXY_CONF" ] || PROXY_CONF=$HERE/conf/proxy-haproxy.cfg.tmpl
              [ -n "$PROXY_CMD" ] || PROXY_CMD=$HAPROXY_CMD_DEFAULT;;
-    mirrorctl)
-             [ -x "$MIRRORCTL" ] || { echo "mirrorctl binary not found: $MIRRORCTL (cargo build --release)" >&2; exit 2; }
+    mirrorctl*)
+             [ -x "$bin" ] || { echo "mirrorctl binary not found: $bin (cargo build --release)" >&2; exit 2; }
              PROXY_CONF=""
-             PROXY_CMD="$MIRRORCTL serve --listen 127.0.0.1:{PORT} --primary http://127.0.0.1:{PRIMARY_PORT} --shadow http://127.0.0.1:{SHADOW_PORT} --mirror-percent {MIRROR_PERCENT} --access-log off $MIRRORCTL_ARGS";;
+             PROXY_CMD="$bin serve --listen 127.0.0.1:{PORT} --primary http://127.0.0.1:{PRIMARY_PORT} --shadow http://127.0.0.1:{SHADOW_PORT} --mirror-percent {MIRROR_PERCENT} --access-log off $MIRRORCTL_ARGS";;
     custom)  [ -n "$PROXY_CMD" ] || { echo "--proxy custom needs --proxy-cmd" >&2; exit 2; };;
     *) echo "unknown proxy $PROXY" >&2; exit 2;;
   esac
@@ -150,7 +153,8 @@ select_proxy() {  # select_proxy NAME: sets PROXY PROXY_CMD PROXY_CONF
 IFS=, read -r -a PROXY_LIST <<<"$PROXIES"
 for p in "${PROXY_LIST[@]}"; do select_proxy "$p"; done
 
-[ -n "$OUTDIR" ] || OUTDIR=$HERE/results/$(date +%Y%m%d-%H%M%S)-${PROXIES//,/-}
+names=""; for p in "${PROXY_LIST[@]}"; do names+="-${p%%=*}"; done
+[ -n "$OUTDIR" ] || OUTDIR=$HERE/results/$(date +%Y%m%d-%H%M%S)$names
 mkdir -p "$OUTDIR/runs"
 OUTDIR=$(cd "$OUTDIR" && pwd)   # absolute: nginx -p / pid paths must not be relative
 CLK_TCK=$(getconf CLK_TCK)

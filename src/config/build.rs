@@ -12,7 +12,9 @@ use http::uri::{Authority, Scheme};
 use http::{Method, Uri};
 
 use super::common::{self, Ctx, S};
-use super::native::{EndpointFile, FileConfig, MirrorFile, RouteFile, ServiceFile, ShadowFile};
+use super::native::{
+    EndpointFile, FileConfig, MirrorFile, RouteFile, ServiceFile, ShadowFile, TlsFile,
+};
 use super::units::parse_size;
 use super::{ConfigError, Runtime};
 use crate::mirror::{MirrorCounters, MirrorPolicy, Sampler, Shadow, ShadowSettings};
@@ -341,7 +343,65 @@ pub fn build_with_warnings(
             rt.head_limits.max_headers = m.value;
         }
     }
+    if let Some(t) = &f.tls {
+        tls_settings(&cx, t, &mut rt)?;
+    }
     Ok((rt, warnings))
+}
+
+/// The `tls:` block: listeners with their certificate (checked now, so `check` finds a bad
+/// file), and the CA bundle for `https://` upstreams.
+fn tls_settings(cx: &Ctx, t: &TlsFile, rt: &mut Runtime) -> Result<(), ConfigError> {
+    for (i, l) in t.listeners.iter().enumerate() {
+        rt.tls_listen.push(addr(cx, l, &format!("tls.listeners[{i}]"))?);
+    }
+    rt.tls = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::proxy::tls::TlsFiles {
+                cert: cert.value.clone().into(),
+                key: key.value.clone().into(),
+            };
+            if let Err(e) = crate::proxy::tls::ServerTls::load(&files) {
+                let (loc, field) = match &e {
+                    crate::proxy::tls::TlsError::File { path, .. } if *path == files.cert => {
+                        (&cert.referenced, "tls.cert")
+                    }
+                    _ => (&key.referenced, "tls.key"),
+                };
+                return Err(cx.err(loc, field, e));
+            }
+            Some(files)
+        }
+        (Some(c), None) => return Err(cx.err(&c.referenced, "tls.key", "is needed with tls.cert")),
+        (None, Some(k)) => return Err(cx.err(&k.referenced, "tls.cert", "is needed with tls.key")),
+        (None, None) => None,
+    };
+    match (&rt.tls, t.listeners.first()) {
+        (None, Some(l)) => {
+            return Err(cx.err(
+                &l.referenced,
+                "tls.listeners",
+                "need tls.cert and tls.key",
+            ))
+        }
+        (Some(_), None) => {
+            if let Some(c) = &t.cert {
+                return Err(cx.err(
+                    &c.referenced,
+                    "tls.cert",
+                    "is for TLS listeners: give tls.listeners",
+                ));
+            }
+        }
+        _ => {}
+    }
+    if let Some(ca) = &t.upstream_ca {
+        let path = std::path::PathBuf::from(&ca.value);
+        crate::proxy::tls::client_config(Some(&path))
+            .map_err(|e| cx.err(&ca.referenced, "tls.upstream_ca", e))?;
+        rt.upstream_ca = Some(path);
+    }
+    Ok(())
 }
 
 pub fn check_store_url(url: &str) -> Result<(), String> {

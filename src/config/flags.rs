@@ -224,6 +224,7 @@ fn quick_config(f: &ServeFlags) -> Result<FileConfig, ConfigError> {
         hosts: None,
         compare: None,
         limits: None,
+        tls: None,
         routes: s(vec![RouteFile {
             name: s("default".into()),
             matches: Vec::new(),
@@ -272,28 +273,44 @@ pub fn load_with_warnings(
         }
         rt.max_connections = n;
     }
-    rt.tls_listen = f
-        .tls_listen
-        .iter()
-        .map(|a| {
-            a.parse()
-                .map_err(|_| flag_err("--tls-listen", format!("`{a}` is not an IP:port address")))
-        })
-        .collect::<Result<_, _>>()?;
-    rt.tls = match (&f.tls_cert, &f.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::proxy::tls::TlsFiles {
+    // TLS flags override the file's `tls:` block, each on its own.
+    if !f.tls_listen.is_empty() {
+        rt.tls_listen = f
+            .tls_listen
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    flag_err("--tls-listen", format!("`{a}` is not an IP:port address"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    rt.tls = match (&f.tls_cert, &f.tls_key, rt.tls.take()) {
+        (Some(cert), Some(key), _) => Some(crate::proxy::tls::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
         }),
-        (None, None) if rt.tls_listen.is_empty() => None,
-        (None, None) => return Err(flag_err("--tls-listen", "needs --tls-cert and --tls-key")),
-        (Some(_), None) => return Err(flag_err("--tls-cert", "needs --tls-key")),
-        (None, Some(_)) => return Err(flag_err("--tls-key", "needs --tls-cert")),
+        (Some(cert), None, Some(file)) => Some(crate::proxy::tls::TlsFiles {
+            cert: cert.clone(),
+            key: file.key,
+        }),
+        (None, Some(key), Some(file)) => Some(crate::proxy::tls::TlsFiles {
+            cert: file.cert,
+            key: key.clone(),
+        }),
+        (None, None, file) => file,
+        (Some(_), None, None) => return Err(flag_err("--tls-cert", "needs --tls-key")),
+        (None, Some(_), None) => return Err(flag_err("--tls-key", "needs --tls-cert")),
     };
+    if rt.tls.is_none() && !rt.tls_listen.is_empty() {
+        return Err(flag_err("--tls-listen", "needs --tls-cert and --tls-key"));
+    }
     if rt.tls.is_some() && rt.tls_listen.is_empty() {
         return Err(flag_err("--tls-cert", "needs --tls-listen ADDR"));
     }
-    rt.upstream_ca = f.upstream_ca.clone();
+    if f.upstream_ca.is_some() {
+        rt.upstream_ca = f.upstream_ca.clone();
+    }
     if let Some(v) = &f.max_header_bytes {
         rt.head_limits.max_bytes = super::parse_size(v)
             .ok()

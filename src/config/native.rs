@@ -45,7 +45,23 @@ pub struct FileConfig {
     /// Compare each mirrored answer with the primary's and record the pairs.
     pub compare: Option<CompareFile>,
     pub limits: Option<LimitsFile>,
+    /// TLS listeners and how `https://` upstreams are verified.
+    pub tls: Option<TlsFile>,
     pub routes: S<Vec<RouteFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Addresses that accept TLS (ALPN h2 and http/1.1), beside the plain `listeners`.
+    #[serde(default)]
+    pub listeners: Vec<S<String>>,
+    /// Certificate chain (PEM) of the TLS listeners; re-read on SIGHUP.
+    pub cert: Option<S<String>>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1); re-read on SIGHUP.
+    pub key: Option<S<String>>,
+    /// CA bundle (PEM) that `https://` upstreams are verified against (default: Mozilla's roots).
+    pub upstream_ca: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -232,3 +232,243 @@ fn tls_flags_are_checked() {
     let e = mirrorctl::config::flags::load(&f, &metrics).expect_err("no key");
     assert!(e.to_string().contains("--tls-cert"), "{e}");
 }
+
+/// The real binary with a native `tls:` block: SIGHUP swaps in a new certificate, and a
+/// broken key on the next SIGHUP is refused with the file named while the new one stays.
+#[tokio::test]
+async fn sighup_reloads_the_certificate_of_the_real_binary() {
+    use tokio::io::AsyncBufReadExt;
+    let pki = Pki::new("hup");
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let cfg = pki.path("mirror.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listeners: [127.0.0.1:0]\naccess_log: 'off'\ntls:\n  listeners: [127.0.0.1:0]\n  cert: {}\n  key: {}\nservices:\n  - {{name: v1, endpoints: ['{}']}}\nroutes:\n  - {{name: default, route: [{{destination: v1}}]}}\n",
+            pki.path("cert.pem").display(),
+            pki.path("key.pem").display(),
+            primary.addr
+        ),
+    )
+    .expect("write");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mirrorctl"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--state")
+        .arg(pki.path("state.json"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut wait_for = async |needle: &str| -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, lines.next_line()).await {
+                Ok(Ok(Some(l))) if l.contains(needle) => return l,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no log line with `{needle}`: {other:?}"),
+            }
+        }
+    };
+    let line = wait_for("serving TLS").await;
+    let addr: std::net::SocketAddr = line
+        .rsplit("listen=")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in `{line}`"));
+    let (status, _, body) = tls_get(&pki, addr, b"h2", "/before").await.expect("first CA");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
+    assert_eq!(primary.next().await.target, "/before");
+
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill")
+    };
+    let next = Pki::new("hup-next");
+    std::fs::copy(next.path("cert.pem"), pki.path("cert.pem")).expect("copy");
+    std::fs::copy(next.path("key.pem"), pki.path("key.pem")).expect("copy");
+    hup(child.id().expect("pid"));
+    wait_for("TLS certificate reloaded").await;
+    let old = tls_get(&pki, addr, b"http/1.1", "/old-ca").await;
+    assert!(old.is_err_and(|e| e.contains("certificate")), "old CA must fail");
+    let (status, _, _) = tls_get(&next, addr, b"http/1.1", "/new-ca").await.expect("new CA");
+    assert_eq!(status, StatusCode::OK);
+
+    std::fs::write(pki.path("key.pem"), "not a key").expect("break");
+    hup(child.id().expect("pid"));
+    let refused = wait_for("TLS reload refused").await;
+    assert!(refused.contains("key.pem"), "{refused}");
+    let (status, _, _) = tls_get(&next, addr, b"h2", "/kept").await.expect("kept");
+    assert_eq!(status, StatusCode::OK);
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().expect("pid").to_string()])
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("stops")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_tls_block_is_checked_with_its_location() {
+    let pki = Pki::new("block");
+    let metrics = mirrorctl::telemetry::Metrics::new();
+    let base = "listeners: [127.0.0.1:0]\nservices:\n  - {name: v1, endpoints: ['127.0.0.1:9']}\nroutes:\n  - {name: d, route: [{destination: v1}]}\n";
+    let load = |tls: &str| mirrorctl::config::load_str(&format!("{base}tls:\n{tls}"), "m.yaml", &metrics);
+    let cert = pki.path("cert.pem").display().to_string();
+    let key = pki.path("key.pem").display().to_string();
+    let rt = load(&format!(
+        "  listeners: [127.0.0.1:0]\n  cert: {cert}\n  key: {key}\n  upstream_ca: {}\n",
+        pki.path("ca.pem").display()
+    ))
+    .expect("valid");
+    assert_eq!(rt.tls_listen.len(), 1);
+    assert_eq!(rt.upstream_ca, Some(pki.path("ca.pem")));
+    for (tls, want) in [
+        (
+            format!("  listeners: [127.0.0.1:0]\n  cert: {cert}\n  key: /nonexistent/key.pem\n"),
+            "m.yaml:9:8: tls.key: /nonexistent/key.pem: ",
+        ),
+        (
+            format!("  listeners: [127.0.0.1:0]\n  cert: {key}\n  key: {key}\n"),
+            "m.yaml:8:9: tls.cert: ",
+        ),
+        (
+            "  listeners: [127.0.0.1:0]\n".to_owned(),
+            "m.yaml:7:15: tls.listeners: need tls.cert and tls.key",
+        ),
+        (
+            format!("  cert: {cert}\n  key: {key}\n"),
+            "m.yaml:7:9: tls.cert: is for TLS listeners",
+        ),
+        (
+            "  upstream_ca: /nonexistent/ca.pem\n".to_owned(),
+            "m.yaml:7:16: tls.upstream_ca: /nonexistent/ca.pem",
+        ),
+        ("  listeners: [nope]\n".to_owned(), "m.yaml:7:15: tls.listeners[0]: `nope`"),
+    ] {
+        let e = load(&tls).expect_err(&tls).to_string();
+        assert!(e.starts_with(want), "{tls}\n{e}");
+    }
+}
+
+/// An Istio DestinationRule with `tls: {mode: SIMPLE}` originates TLS to its destination
+/// (verified against `--upstream-ca`, SNI = the endpoint's host); `ISTIO_MUTUAL`, which only a
+/// mesh can do, is a warning and plain HTTP. The two hosts share their first label (`api`):
+/// each keeps its own endpoints.
+#[tokio::test]
+async fn istio_destination_rule_tls_simple_and_istio_mutual() {
+    let pki = Pki::new("istio");
+    let primary = Upstream::start_tls(Behavior::Answer("over tls"), pki.acceptor()).await;
+    let shadow = Upstream::start(Behavior::Answer("plain")).await;
+    let cfg = pki.path("istio.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api}}
+spec:
+  hosts: [api.example.com]
+  http:
+    - route: [{{destination: {{host: api.example.com}}}}]
+      mirror: {{host: api.example.org}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api-com}}
+spec:
+  hosts: [api.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+  resolution: DNS
+  endpoints: [{{address: localhost, ports: {{http: {tls_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api-com}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, sni: localhost}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api-org}}
+spec:
+  hosts: [api.example.org]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {plain_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api-org}}
+spec:
+  host: api.example.org
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL}}
+"#,
+            tls_port = primary.addr.port(),
+            plain_port = shadow.addr.port(),
+        ),
+    )
+    .expect("write");
+    let mut f = config_flags(&[cfg.clone()]);
+    f.upstream_ca = Some(pki.path("ca.pem"));
+    let metrics = mirrorctl::telemetry::Metrics::new();
+    let (_, warnings) =
+        mirrorctl::config::flags::load_with_warnings(&f, &metrics).expect("valid");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("spec.trafficPolicy.tls.mode: ISTIO_MUTUAL needs the mesh"),
+        "{warnings:?}"
+    );
+    let proxy = Proxy::start(f).await;
+    let c = client();
+    let (status, _, body) =
+        get_with(&c, &proxy.url("/orders"), &[("host", "api.example.com")]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"over tls"[..]));
+    assert_eq!(primary.next().await.target, "/orders");
+    assert_eq!(shadow.next().await.target, "/orders");
+    proxy.stop().await;
+
+    // The modes and fields mirrorctl cannot honour are refused where they are written.
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    for (from, to, want) in [
+        (
+            "tls: {mode: SIMPLE, sni: localhost}",
+            "tls: {mode: MUTUAL}",
+            "istio.yaml:25:17: document 3 (DestinationRule api-com): spec.trafficPolicy.tls.mode: not supported",
+        ),
+        (
+            "tls: {mode: SIMPLE, sni: localhost}",
+            "tls: {mode: SIMPLE, sni: other.example}",
+            "istio.yaml:25:30: document 3 (DestinationRule api-com): spec.trafficPolicy.tls.sni: `other.example` is not the endpoints' host name",
+        ),
+        (
+            "tls: {mode: SIMPLE, sni: localhost}",
+            "tls: {mode: SIMPLE, insecureSkipVerify: true}",
+            "spec.trafficPolicy.tls.insecureSkipVerify: mirrorctl always verifies",
+        ),
+        (
+            "tls: {mode: SIMPLE, sni: localhost}",
+            "tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}",
+            "spec.trafficPolicy.tls.caCertificates: not supported by mirrorctl (give the CA bundle to the proxy",
+        ),
+    ] {
+        std::fs::write(&cfg, text.replace(from, to)).expect("write");
+        let e = mirrorctl::config::flags::load(&config_flags(&[cfg.clone()]), &metrics)
+            .map(drop)
+            .expect_err(to)
+            .to_string();
+        assert!(e.contains(want), "{to}\n{e}");
+    }
+}

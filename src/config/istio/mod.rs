@@ -240,11 +240,21 @@ fn unsupported(
     }
 }
 
+/// What a DestinationRule says about TLS towards its destination.
+enum UpstreamTls {
+    Plain,
+    /// TLS; `sni` (when given) must be every endpoint's host (else the prepared error).
+    Simple { sni: Option<(String, ConfigError)> },
+}
+
 struct Importer<'a, 'm> {
     b: Builder<'m>,
     docs: &'a Docs,
     request_timeout: std::time::Duration,
     shadow: ShadowSettings,
+    /// Service name → the host it was made for: a host's first label names its services
+    /// unless another host took that name first (then the whole host name does).
+    names: HashMap<String, String>,
 }
 
 impl Importer<'_, '_> {
@@ -255,6 +265,7 @@ impl Importer<'_, '_> {
         field: &str,
         lb: &mut LbPolicy,
         outlier: &mut Option<OutlierPolicy>,
+        tls: &mut Option<UpstreamTls>,
     ) -> Result<(), ConfigError> {
         if let Some(l) = &tp.load_balancer {
             unsupported(
@@ -289,12 +300,9 @@ impl Importer<'_, '_> {
         if let Some(c) = &tp.connection_pool {
             self.b.warnings.push(cx.warn(&c.referenced, &format!("{field}.connectionPool"), "not applied (mirrorctl pools per endpoint; shadows are bounded by their own limits)"));
         }
-        unsupported(
-            cx,
-            &tp.tls,
-            &format!("{field}.tls"),
-            "TLS to upstreams is not available yet",
-        )?;
+        if let Some(t) = &tp.tls {
+            *tls = Some(self.client_tls(cx, t, &format!("{field}.tls"))?);
+        }
         unsupported(
             cx,
             &tp.port_level_settings,
@@ -309,6 +317,77 @@ impl Importer<'_, '_> {
             "no PROXY protocol",
         )?;
         Ok(())
+    }
+
+    /// `trafficPolicy.tls`. Without a mesh there is no sidecar to do `ISTIO_MUTUAL`: the
+    /// destination is reached in plain HTTP, with a warning. `SIMPLE` is TLS verified against
+    /// the proxy's upstream CA bundle (`--upstream-ca`, `tls.upstream_ca`, else Mozilla's
+    /// roots), SNI = the endpoint's host. Client certificates and per-destination CAs are
+    /// refused rather than half applied.
+    fn client_tls(
+        &mut self,
+        cx: &Ctx,
+        t: &S<ClientTls>,
+        field: &str,
+    ) -> Result<UpstreamTls, ConfigError> {
+        let c = &t.value;
+        let mode = c
+            .mode
+            .as_ref()
+            .map_or_else(|| "DISABLE".to_owned(), |m| m.value.to_ascii_uppercase());
+        let mode_loc = c.mode.as_ref().map_or(t.referenced, |m| m.referenced);
+        let per_destination = "give the CA bundle to the proxy (--upstream-ca or tls.upstream_ca)";
+        match mode.as_str() {
+            "DISABLE" => return Ok(UpstreamTls::Plain),
+            "ISTIO_MUTUAL" => {
+                self.b.warnings.push(cx.warn(
+                    &mode_loc,
+                    &format!("{field}.mode"),
+                    "ISTIO_MUTUAL needs the mesh's certificates: ignored, the destination is reached in plain HTTP",
+                ));
+                return Ok(UpstreamTls::Plain);
+            }
+            "SIMPLE" => {}
+            "MUTUAL" => {
+                return Err(cx.err(
+                    &mode_loc,
+                    &format!("{field}.mode"),
+                    "not supported by mirrorctl (no client certificates towards upstreams; use SIMPLE)",
+                ))
+            }
+            other => {
+                return Err(cx.err(
+                    &mode_loc,
+                    &format!("{field}.mode"),
+                    format!("`{other}` is not a TLS mode (DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL)"),
+                ))
+            }
+        }
+        unsupported(cx, &c.client_certificate, &format!("{field}.clientCertificate"), "no client certificates towards upstreams")?;
+        unsupported(cx, &c.private_key, &format!("{field}.privateKey"), "no client certificates towards upstreams")?;
+        unsupported(cx, &c.credential_name, &format!("{field}.credentialName"), "no Kubernetes secrets; give files")?;
+        unsupported(cx, &c.ca_certificates, &format!("{field}.caCertificates"), per_destination)?;
+        unsupported(cx, &c.ca_crl, &format!("{field}.caCrl"), "no revocation lists")?;
+        unsupported(cx, &c.subject_alt_names, &format!("{field}.subjectAltNames"), "the certificate is checked against the endpoint's host name")?;
+        if let Some(v) = &c.insecure_skip_verify {
+            if v.value {
+                return Err(cx.err(
+                    &v.referenced,
+                    &format!("{field}.insecureSkipVerify"),
+                    format!("mirrorctl always verifies upstream certificates; {per_destination}"),
+                ));
+            }
+        }
+        Ok(UpstreamTls::Simple {
+            sni: c.sni.as_ref().map(|s| {
+                let e = cx.err(
+                    &s.referenced,
+                    &format!("{field}.sni"),
+                    format!("`{}` is not the endpoints' host name: mirrorctl sends the endpoint's host as SNI and verifies the certificate against it", s.value),
+                );
+                (s.value.clone(), e)
+            }),
+        })
     }
 
     /// The service for a destination, made on first use.
@@ -375,7 +454,12 @@ impl Importer<'_, '_> {
             }
         }
         let subset_name = dest.subset.as_ref().map(|s| s.value.clone());
-        let short = host.split('.').next().unwrap_or(&host).to_owned();
+        let first_label = host.split('.').next().unwrap_or(&host).to_owned();
+        let short = match self.names.get(&first_label) {
+            Some(owner) if *owner != host => host.clone(),
+            _ => first_label,
+        };
+        self.names.entry(short.clone()).or_insert_with(|| host.clone());
         let mut name = match &subset_name {
             Some(s) => format!("{short}/{s}"),
             None => short.clone(),
@@ -441,6 +525,7 @@ impl Importer<'_, '_> {
         // Policies and the subset from the DestinationRule.
         let mut lb = LbPolicy::RoundRobin;
         let mut outlier = None;
+        let mut tls = None;
         let dr = docs
             .dr
             .iter()
@@ -448,7 +533,14 @@ impl Importer<'_, '_> {
         if let Some(dr) = dr {
             let dx = dr.cx();
             if let Some(tp) = &dr.spec.value.traffic_policy {
-                self.policy(&dx, tp, "spec.trafficPolicy", &mut lb, &mut outlier)?;
+                self.policy(
+                    &dx,
+                    tp,
+                    "spec.trafficPolicy",
+                    &mut lb,
+                    &mut outlier,
+                    &mut tls,
+                )?;
             }
         }
         if let Some(sub) = &dest.subset {
@@ -493,6 +585,7 @@ impl Importer<'_, '_> {
                     &format!("spec.subsets[{j}].trafficPolicy"),
                     &mut lb,
                     &mut outlier,
+                    &mut tls,
                 )?;
             }
             endpoints.retain(|e| s.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
@@ -505,6 +598,16 @@ impl Importer<'_, '_> {
                         se.name, s.labels
                     ),
                 ));
+            }
+        }
+        if let Some(UpstreamTls::Simple { sni }) = tls {
+            for e in &mut endpoints {
+                if let Some((sni, err)) = &sni {
+                    if !e.authority.host().eq_ignore_ascii_case(sni) {
+                        return Err(err.clone());
+                    }
+                }
+                e.scheme = Scheme::HTTPS;
             }
         }
         let svc = Service::new(
@@ -721,6 +824,7 @@ pub fn build(
         docs: &docs,
         request_timeout: common.request_timeout,
         shadow,
+        names: HashMap::new(),
     };
     let mut vhosts = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();

@@ -122,12 +122,34 @@ pub(super) struct TrafficPolicy {
     pub(super) outlier_detection: Option<S<OutlierFile>>,
     #[serde(rename = "connectionPool")]
     pub(super) connection_pool: Option<S<IgnoredAny>>,
-    pub(super) tls: Option<S<IgnoredAny>>,
+    pub(super) tls: Option<S<ClientTls>>,
     #[serde(rename = "portLevelSettings")]
     pub(super) port_level_settings: Option<S<IgnoredAny>>,
     pub(super) tunnel: Option<S<IgnoredAny>>,
     #[serde(rename = "proxyProtocol")]
     pub(super) proxy_protocol: Option<S<IgnoredAny>>,
+}
+
+/// `trafficPolicy.tls`: how the proxy speaks to the destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClientTls {
+    pub(super) mode: Option<S<String>>,
+    #[serde(rename = "clientCertificate")]
+    pub(super) client_certificate: Option<S<IgnoredAny>>,
+    #[serde(rename = "privateKey")]
+    pub(super) private_key: Option<S<IgnoredAny>>,
+    #[serde(rename = "caCertificates")]
+    pub(super) ca_certificates: Option<S<IgnoredAny>>,
+    #[serde(rename = "credentialName")]
+    pub(super) credential_name: Option<S<IgnoredAny>>,
+    #[serde(rename = "subjectAltNames")]
+    pub(super) subject_alt_names: Option<S<IgnoredAny>>,
+    pub(super) sni: Option<S<String>>,
+    #[serde(rename = "insecureSkipVerify")]
+    pub(super) insecure_skip_verify: Option<S<bool>>,
+    #[serde(rename = "caCrl")]
+    pub(super) ca_crl: Option<S<IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -353,7 +353,8 @@ pub fn build_with_warnings(
 /// file), and the CA bundle for `https://` upstreams.
 fn tls_settings(cx: &Ctx, t: &TlsFile, rt: &mut Runtime) -> Result<(), ConfigError> {
     for (i, l) in t.listeners.iter().enumerate() {
-        rt.tls_listen.push(addr(cx, l, &format!("tls.listeners[{i}]"))?);
+        rt.tls_listen
+            .push(addr(cx, l, &format!("tls.listeners[{i}]"))?);
     }
     rt.tls = match (&t.cert, &t.key) {
         (Some(cert), Some(key)) => {
@@ -378,11 +379,7 @@ fn tls_settings(cx: &Ctx, t: &TlsFile, rt: &mut Runtime) -> Result<(), ConfigErr
     };
     match (&rt.tls, t.listeners.first()) {
         (None, Some(l)) => {
-            return Err(cx.err(
-                &l.referenced,
-                "tls.listeners",
-                "need tls.cert and tls.key",
-            ))
+            return Err(cx.err(&l.referenced, "tls.listeners", "need tls.cert and tls.key"))
         }
         (Some(_), None) => {
             if let Some(c) = &t.cert {

@@ -8,14 +8,18 @@
 //! until it is complete and checked:
 //!
 //! ```text
-//! socket ─▶ head (held, parsed with httparse, framing checked) ─▶ hyper
-//!        ─▶ body (Content-Length: counted; chunked: chunk lines parsed) ─▶ hyper, zero-copy
+//! socket ─▶ head (parsed with httparse, framing checked; held until complete) ─▶ hyper
+//!        ─▶ body (Content-Length: counted; chunked: chunk lines parsed) ─▶ hyper
 //! ```
+//! Reads go into hyper's own buffer and are checked there; only a head (or chunk line) that
+//! is not complete yet is moved to the guard's buffer until the rest arrives. A body with a
+//! known length is read no further than its end, so the next head is always checked.
+//!
 //! A refused head never reaches hyper. In its place hyper reads a stand-in request and then
 //! end of stream; the stand-in's index is recorded in [`ConnGuard`], and the service answers
 //! it with the refusal's status (400, 414 or 431) and `connection: close`. So refusals are
 //! answered in order after any pipelined requests before them, and are logged and mapped to
-//! HTTP in the one place every error is. Bytes after a refused head are never read.
+//! HTTP in the one place every error is. Bytes after a refused head never reach hyper.
 //!
 //! HTTP/2 connections (prior-knowledge preface) pass through untouched: h2 frames its own
 //! messages and hyper's h2 rejects connection-specific headers itself.
@@ -101,6 +105,8 @@ const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: refused.invalid\r\n\r\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Read size while a head (or a chunk-size line) is being collected.
 const HEAD_READ: usize = 8 * 1024;
+/// Room in hyper's buffer from which a new head is read (and checked) in place.
+const MIN_IN_PLACE: usize = 1024;
 
 /// Where the reader is in the client's byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +144,8 @@ enum Step {
     Took(usize),
     /// More input is needed.
     NeedMore,
+    /// The head starting here is refused.
+    Refuse(Refusal),
 }
 
 /// A client connection's stream with its request heads checked; see the module docs.
@@ -184,9 +192,8 @@ impl<T: AsyncRead> GuardedIo<T> {
         }
     }
 
-    /// Check buffered bytes from `scanned` on; advance `scanned` past what may go to hyper.
-    fn scan(&mut self) -> Step {
-        let rest = &self.buf[self.scanned..self.end];
+    /// Check `rest`, the bytes after those already checked: how many of them may go to hyper.
+    fn scan(&mut self, rest: &[u8]) -> Step {
         if rest.is_empty() {
             return Step::NeedMore;
         }
@@ -214,7 +221,7 @@ impl<T: AsyncRead> GuardedIo<T> {
                     self.searched = rest.len();
                     return Step::NeedMore;
                 }
-                self.head()
+                self.head(rest)
             }
             Phase::Length(n) => {
                 let k = usize::try_from(n).map_or(rest.len(), |n| n.min(rest.len()));
@@ -244,8 +251,7 @@ impl<T: AsyncRead> GuardedIo<T> {
         }
     }
 
-    fn head(&mut self) -> Step {
-        let rest = &self.buf[self.scanned..self.end];
+    fn head(&mut self, rest: &[u8]) -> Step {
         match check_head(rest, self.limits) {
             HeadCheck::Complete { len, body } => {
                 self.heads += 1;
@@ -258,13 +264,10 @@ impl<T: AsyncRead> GuardedIo<T> {
                 Step::Took(len)
             }
             HeadCheck::Partial => {
-                self.searched = self.end - self.scanned;
+                self.searched = rest.len();
                 Step::NeedMore
             }
-            HeadCheck::Refused(why) => {
-                self.refuse(why);
-                Step::Took(0)
-            }
+            HeadCheck::Refused(why) => Step::Refuse(why),
         }
     }
 
@@ -308,9 +311,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if let Step::Took(n) = this.scan() {
-                this.scanned += n;
-                continue;
+            let buf = std::mem::take(&mut this.buf);
+            let step = this.scan(&buf[this.scanned..this.end]);
+            this.buf = buf;
+            match step {
+                Step::Took(n) => {
+                    this.scanned += n;
+                    continue;
+                }
+                Step::Refuse(why) => {
+                    this.refuse(why);
+                    continue;
+                }
+                Step::NeedMore => {}
             }
             if this.eof {
                 // A partial head or body at end of stream: hyper sees what there is.
@@ -353,6 +366,38 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                         };
                     }
                     return Poll::Ready(Ok(()));
+                }
+                // A new head (or chunk line): read into hyper's buffer and check it there.
+                // Usually the whole head (and the body after it) arrives in one read, and it
+                // goes to hyper without a copy; a part not yet checkable is moved to ours.
+                if dst.remaining() >= MIN_IN_PLACE {
+                    let before = dst.filled().len();
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, dst))?;
+                    let got = dst.filled().len() - before;
+                    if got == 0 {
+                        this.eof = true;
+                        continue;
+                    }
+                    let (mut ok, mut refusal) = (0, None);
+                    while ok < got {
+                        match this.scan(&dst.filled()[before + ok..]) {
+                            Step::Took(n) => ok += n,
+                            Step::NeedMore => break,
+                            Step::Refuse(why) => {
+                                refusal = Some(why);
+                                break;
+                            }
+                        }
+                    }
+                    match refusal {
+                        Some(why) => this.refuse(why),
+                        None => this.put(&dst.filled()[before + ok..]),
+                    }
+                    dst.set_filled(before + ok);
+                    if ok > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
                 }
             }
             // Collect more of a head (or chunk line) in our own buffer.
@@ -746,7 +791,9 @@ mod tests {
     }
 
     /// Feed `input` in pieces of `piece` bytes through the guard; what hyper would read.
-    async fn through(input: &[u8], piece: usize) -> (Vec<u8>, Option<Refusal>, u64) {
+    /// `input` written in pieces of `piece` bytes, read through the guard `read` bytes at a
+    /// time (under [`MIN_IN_PLACE`]: through the guard's buffer; over: in the reader's).
+    async fn through(input: &[u8], piece: usize, read: usize) -> (Vec<u8>, Option<Refusal>, u64) {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let guard = Arc::new(ConnGuard::default());
         let mut io = GuardedIo::new(server, guard.clone(), HeadLimits::default());
@@ -760,7 +807,7 @@ mod tests {
         });
         // Until end of stream, or the stand-in (after which reads never complete).
         let mut out = Vec::new();
-        let mut chunk = [0u8; 512];
+        let mut chunk = vec![0u8; read];
         for _ in 0..100_000 {
             let n = tokio::time::timeout(std::time::Duration::from_secs(5), io.read(&mut chunk))
                 .await
@@ -781,9 +828,16 @@ mod tests {
         let good = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: a\r\n\r\nPOST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
         let bad = b"POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
         let input = [&good[..], &bad[..]].concat();
-        for piece in [1, 3, 7, 64, 4096] {
-            let (out, why, at) = through(&input, piece).await;
-            assert_eq!(out, [&good[..], STAND_IN].concat(), "piece {piece}");
+        for (piece, read) in [1, 3, 7, 64, 4096]
+            .into_iter()
+            .flat_map(|p| [(p, 512), (p, 8192)])
+        {
+            let (out, why, at) = through(&input, piece, read).await;
+            assert_eq!(
+                out,
+                [&good[..], STAND_IN].concat(),
+                "piece {piece} read {read}"
+            );
             assert_eq!(
                 why,
                 Some(Refusal::Malformed("Content-Length with Transfer-Encoding"))
@@ -800,9 +854,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHo",
         ] {
-            for piece in [1, 5, 4096] {
-                let (out, why, _) = through(input, piece).await;
-                assert_eq!(out, input, "piece {piece}");
+            for (piece, read) in [1, 5, 4096].into_iter().flat_map(|p| [(p, 512), (p, 8192)]) {
+                let (out, why, _) = through(input, piece, read).await;
+                assert_eq!(out, input, "piece {piece} read {read}");
                 assert_eq!(why, None);
             }
         }

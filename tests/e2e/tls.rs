@@ -279,7 +279,9 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
         .next()
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no address in `{line}`"));
-    let (status, _, body) = tls_get(&pki, addr, b"h2", "/before").await.expect("first CA");
+    let (status, _, body) = tls_get(&pki, addr, b"h2", "/before")
+        .await
+        .expect("first CA");
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
     assert_eq!(primary.next().await.target, "/before");
 
@@ -295,8 +297,13 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
     hup(child.id().expect("pid"));
     wait_for("TLS certificate reloaded").await;
     let old = tls_get(&pki, addr, b"http/1.1", "/old-ca").await;
-    assert!(old.is_err_and(|e| e.contains("certificate")), "old CA must fail");
-    let (status, _, _) = tls_get(&next, addr, b"http/1.1", "/new-ca").await.expect("new CA");
+    assert!(
+        old.is_err_and(|e| e.contains("certificate")),
+        "old CA must fail"
+    );
+    let (status, _, _) = tls_get(&next, addr, b"http/1.1", "/new-ca")
+        .await
+        .expect("new CA");
     assert_eq!(status, StatusCode::OK);
 
     std::fs::write(pki.path("key.pem"), "not a key").expect("break");
@@ -322,7 +329,8 @@ fn the_tls_block_is_checked_with_its_location() {
     let pki = Pki::new("block");
     let metrics = mirrorctl::telemetry::Metrics::new();
     let base = "listeners: [127.0.0.1:0]\nservices:\n  - {name: v1, endpoints: ['127.0.0.1:9']}\nroutes:\n  - {name: d, route: [{destination: v1}]}\n";
-    let load = |tls: &str| mirrorctl::config::load_str(&format!("{base}tls:\n{tls}"), "m.yaml", &metrics);
+    let load =
+        |tls: &str| mirrorctl::config::load_str(&format!("{base}tls:\n{tls}"), "m.yaml", &metrics);
     let cert = pki.path("cert.pem").display().to_string();
     let key = pki.path("key.pem").display().to_string();
     let rt = load(&format!(
@@ -353,7 +361,10 @@ fn the_tls_block_is_checked_with_its_location() {
             "  upstream_ca: /nonexistent/ca.pem\n".to_owned(),
             "m.yaml:7:16: tls.upstream_ca: /nonexistent/ca.pem",
         ),
-        ("  listeners: [nope]\n".to_owned(), "m.yaml:7:15: tls.listeners[0]: `nope`"),
+        (
+            "  listeners: [nope]\n".to_owned(),
+            "m.yaml:7:15: tls.listeners[0]: `nope`",
+        ),
     ] {
         let e = load(&tls).expect_err(&tls).to_string();
         assert!(e.starts_with(want), "{tls}\n{e}");
@@ -424,8 +435,7 @@ spec:
     let mut f = config_flags(&[cfg.clone()]);
     f.upstream_ca = Some(pki.path("ca.pem"));
     let metrics = mirrorctl::telemetry::Metrics::new();
-    let (_, warnings) =
-        mirrorctl::config::flags::load_with_warnings(&f, &metrics).expect("valid");
+    let (_, warnings) = mirrorctl::config::flags::load_with_warnings(&f, &metrics).expect("valid");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("spec.trafficPolicy.tls.mode: ISTIO_MUTUAL needs the mesh"),

@@ -244,7 +244,9 @@ fn unsupported(
 enum UpstreamTls {
     Plain,
     /// TLS; `sni` (when given) must be every endpoint's host (else the prepared error).
-    Simple { sni: Option<(String, ConfigError)> },
+    Simple {
+        sni: Option<(String, ConfigError)>,
+    },
 }
 
 struct Importer<'a, 'm> {
@@ -348,13 +350,11 @@ impl Importer<'_, '_> {
                 return Ok(UpstreamTls::Plain);
             }
             "SIMPLE" => {}
-            "MUTUAL" => {
-                return Err(cx.err(
-                    &mode_loc,
-                    &format!("{field}.mode"),
-                    "not supported by mirrorctl (no client certificates towards upstreams; use SIMPLE)",
-                ))
-            }
+            "MUTUAL" => return Err(cx.err(
+                &mode_loc,
+                &format!("{field}.mode"),
+                "not supported by mirrorctl (no client certificates towards upstreams; use SIMPLE)",
+            )),
             other => {
                 return Err(cx.err(
                     &mode_loc,
@@ -363,12 +363,42 @@ impl Importer<'_, '_> {
                 ))
             }
         }
-        unsupported(cx, &c.client_certificate, &format!("{field}.clientCertificate"), "no client certificates towards upstreams")?;
-        unsupported(cx, &c.private_key, &format!("{field}.privateKey"), "no client certificates towards upstreams")?;
-        unsupported(cx, &c.credential_name, &format!("{field}.credentialName"), "no Kubernetes secrets; give files")?;
-        unsupported(cx, &c.ca_certificates, &format!("{field}.caCertificates"), per_destination)?;
-        unsupported(cx, &c.ca_crl, &format!("{field}.caCrl"), "no revocation lists")?;
-        unsupported(cx, &c.subject_alt_names, &format!("{field}.subjectAltNames"), "the certificate is checked against the endpoint's host name")?;
+        unsupported(
+            cx,
+            &c.client_certificate,
+            &format!("{field}.clientCertificate"),
+            "no client certificates towards upstreams",
+        )?;
+        unsupported(
+            cx,
+            &c.private_key,
+            &format!("{field}.privateKey"),
+            "no client certificates towards upstreams",
+        )?;
+        unsupported(
+            cx,
+            &c.credential_name,
+            &format!("{field}.credentialName"),
+            "no Kubernetes secrets; give files",
+        )?;
+        unsupported(
+            cx,
+            &c.ca_certificates,
+            &format!("{field}.caCertificates"),
+            per_destination,
+        )?;
+        unsupported(
+            cx,
+            &c.ca_crl,
+            &format!("{field}.caCrl"),
+            "no revocation lists",
+        )?;
+        unsupported(
+            cx,
+            &c.subject_alt_names,
+            &format!("{field}.subjectAltNames"),
+            "the certificate is checked against the endpoint's host name",
+        )?;
         if let Some(v) = &c.insecure_skip_verify {
             if v.value {
                 return Err(cx.err(
@@ -459,7 +489,9 @@ impl Importer<'_, '_> {
             Some(owner) if *owner != host => host.clone(),
             _ => first_label,
         };
-        self.names.entry(short.clone()).or_insert_with(|| host.clone());
+        self.names
+            .entry(short.clone())
+            .or_insert_with(|| host.clone());
         let mut name = match &subset_name {
             Some(s) => format!("{short}/{s}"),
             None => short.clone(),

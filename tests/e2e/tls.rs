@@ -432,7 +432,7 @@ spec:
         ),
     )
     .expect("write");
-    let mut f = config_flags(&[cfg.clone()]);
+    let mut f = config_flags(std::slice::from_ref(&cfg));
     f.upstream_ca = Some(pki.path("ca.pem"));
     let metrics = mirrorctl::telemetry::Metrics::new();
     let (_, warnings) = mirrorctl::config::flags::load_with_warnings(&f, &metrics).expect("valid");
@@ -475,7 +475,7 @@ spec:
         ),
     ] {
         std::fs::write(&cfg, text.replace(from, to)).expect("write");
-        let e = mirrorctl::config::flags::load(&config_flags(&[cfg.clone()]), &metrics)
+        let e = mirrorctl::config::flags::load(&config_flags(std::slice::from_ref(&cfg)), &metrics)
             .map(drop)
             .expect_err(to)
             .to_string();

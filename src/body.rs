@@ -103,31 +103,42 @@ where
 #[error("client body timeout: no request body data for {0:?}")]
 pub struct BodyTimeout(pub std::time::Duration);
 
+/// The client's request body went past the size limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
 pin_project! {
-    /// A request body that fails with [`BodyTimeout`] when no frame arrives for `idle`.
-    /// The timer exists only while the body is stalled: a body that flows costs nothing.
-    pub struct IdleTimeout<B> {
+    /// A client's request body, bounded: fails with [`BodyTimeout`] when no frame arrives for
+    /// `idle`, and with [`BodyTooLarge`] once more than `max` bytes came. The timer exists only
+    /// while the body is stalled: a body that flows costs nothing.
+    pub struct ClientBody<B> {
         #[pin]
         inner: B,
         idle: std::time::Duration,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
         // The timer counts the current stall (reset when data flows, re-armed at the next stall).
         armed: bool,
+        // Bytes still allowed (u64::MAX: no limit).
+        left: u64,
+        max: u64,
     }
 }
 
-impl<B> IdleTimeout<B> {
-    pub fn new(inner: B, idle: std::time::Duration) -> Self {
-        IdleTimeout {
+impl<B> ClientBody<B> {
+    pub fn new(inner: B, idle: std::time::Duration, max: Option<u64>) -> Self {
+        ClientBody {
             inner,
             idle,
             timer: None,
             armed: false,
+            left: max.unwrap_or(u64::MAX),
+            max: max.unwrap_or(u64::MAX),
         }
     }
 }
 
-impl<B> Body for IdleTimeout<B>
+impl<B> Body for ClientBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -141,6 +152,18 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                *this.armed = false;
+                if let Some(d) = f.data_ref() {
+                    let n = d.len() as u64;
+                    if n > *this.left {
+                        *this.left = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.max)))));
+                    }
+                    *this.left -= n;
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
             Poll::Ready(f) => {
                 *this.armed = false;
                 Poll::Ready(f.map(|r| r.map_err(Into::into)))

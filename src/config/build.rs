@@ -180,6 +180,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_connections: DEFAULT_MAX_CONNECTIONS,
         body_timeout: DEFAULT_BODY_TIMEOUT,
+        max_body: None,
         head_limits: Default::default(),
         tls_listen: Vec::new(),
         tls: None,
@@ -335,6 +336,12 @@ pub fn build_with_warnings(
                         "must be a size of at least 1KiB (e.g. 64KiB)",
                     )
                 })?;
+        }
+        if let Some(m) = &l.max_body {
+            rt.max_body = Some(
+                parse_size(&m.value).map_err(|e| cx.err(&m.referenced, "limits.max_body", e))?,
+            )
+            .filter(|n| *n > 0);
         }
         if let Some(m) = &l.max_headers {
             if m.value == 0 {
@@ -833,5 +840,36 @@ mod tests {
         for bad in ["v1.local", "ftp://a:1", "http://a:1/path", "http://u:p@a:1"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn limits_block() {
+        let metrics = Metrics::new();
+        let load = |limits: &str| {
+            crate::config::load_str(
+                &format!("listeners: [127.0.0.1:0]\nservices: [{{name: v1, endpoints: ['127.0.0.1:9']}}]\nroutes: [{{name: d, route: [{{destination: v1}}]}}]\nlimits:\n{limits}"),
+                "m.yaml",
+                &metrics,
+            )
+        };
+        let rt = load(
+            "  max_body: 10MiB\n  max_header_bytes: 2KiB\n  max_headers: 7\n  max_connections: 9\n",
+        )
+        .expect("valid");
+        assert_eq!(rt.max_body, Some(10 << 20));
+        assert_eq!(
+            (rt.head_limits.max_bytes, rt.head_limits.max_headers),
+            (2048, 7)
+        );
+        assert_eq!(rt.max_connections, 9);
+        assert_eq!(
+            load("  max_body: 0\n").expect("valid").max_body,
+            None,
+            "0 = no limit"
+        );
+        let e = load("  max_body: lots\n")
+            .expect_err("bad size")
+            .to_string();
+        assert!(e.starts_with("m.yaml:5:13: limits.max_body: "), "{e}");
     }
 }

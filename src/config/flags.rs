@@ -94,6 +94,9 @@ pub struct ServeFlags {
     /// Header fields in one request (default 100): 431 past it.
     #[arg(long, value_name = "N")]
     pub max_headers: Option<usize>,
+    /// Largest request body (default: no limit, bodies stream; 0 = no limit): 413 past it.
+    #[arg(long, value_name = "SIZE")]
+    pub max_body_bytes: Option<String>,
     /// Keep live changes and schedules in this file across restarts.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
@@ -317,6 +320,10 @@ pub fn load_with_warnings(
             .and_then(|n| usize::try_from(n).ok())
             .filter(|n| *n >= 1024)
             .ok_or_else(|| flag_err("--max-header-bytes", "must be a size of at least 1KiB"))?;
+    }
+    if let Some(v) = &f.max_body_bytes {
+        rt.max_body = Some(super::parse_size(v).map_err(|m| flag_err("--max-body-bytes", m))?)
+            .filter(|n| *n > 0);
     }
     if let Some(n) = f.max_headers {
         if n == 0 {

@@ -228,4 +228,6 @@ pub struct LimitsFile {
     pub max_header_bytes: Option<S<String>>,
     /// Header fields in one request (default 100): 431 past it.
     pub max_headers: Option<S<usize>>,
+    /// Largest request body, e.g. `10MiB` (default: no limit, bodies stream): 413 past it.
+    pub max_body: Option<S<String>>,
 }

@@ -31,6 +31,9 @@ pub enum ProxyError {
     /// The request line is over the size limit.
     #[error("request URI too long")]
     UriTooLong,
+    /// The request body is over the size limit.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
     /// The client stopped sending its request body.
     #[error("client body timeout: no request body data for {0:?}")]
     ClientBodyTimeout(std::time::Duration),
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -67,8 +71,10 @@ impl ProxyError {
                 | ProxyError::HeadTooLarge(_)
                 | ProxyError::UriTooLong
                 | ProxyError::ClientBodyTimeout(_)
+                | ProxyError::BodyTooLarge(_)
         ) {
-            // Framing we refused may leave the connection in an unknown state.
+            // Framing we refused may leave the connection in an unknown state; an unread body
+            // (413 before reading it) is not worth draining.
             r.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }

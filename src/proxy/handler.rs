@@ -25,7 +25,7 @@ use super::error::{error_chain, ProxyError};
 use super::guard::Refusal;
 use super::headers;
 use super::{PrimaryBody, ProxyBody, State};
-use crate::body::{BodyTimeout, IdleTimeout};
+use crate::body::{BodyTimeout, BodyTooLarge, ClientBody};
 use crate::compare::{ms_since, Capture, CaptureBody, PrimaryCapture};
 use crate::mirror::{MirrorBody, MirrorMeta, MirrorRequest, PendingMirror, Tee, TeeBody};
 use crate::routing::{sample_hash, Health, RequestView, RetryPolicy, Sampling, Service};
@@ -147,6 +147,13 @@ async fn forward(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A body announced over the limit is refused before any upstream hears of it (a chunked or
+    // HTTP/2 body without a length is cut where it passes the limit, below).
+    if let (Some(n), Some(max)) = (declared_len, state.max_body) {
+        if n > max {
+            return Err((ProxyError::BodyTooLarge(max), ctx));
+        }
+    }
     let key = match &action.sampling {
         Sampling::Random => None,
         Sampling::RequestId => Some(sample_hash(request_id.as_bytes())),
@@ -160,7 +167,7 @@ async fn forward(
     }
     parts.headers.remove(HOST);
     let bodiless = body.is_end_stream();
-    let body = IdleTimeout::new(body, state.body_timeout);
+    let body = ClientBody::new(body, state.body_timeout, state.max_body);
     // Pairs to compare: the shadows wait on this for the primary's observation.
     let (compare_tx, primary_watch) = match &state.mirror.compare {
         Some(_) if !tickets.is_empty() => {
@@ -348,6 +355,12 @@ async fn try_once(
             if let Some(t) = find_cause::<BodyTimeout>(&e) {
                 return Outcome::Failed {
                     error: ProxyError::ClientBodyTimeout(t.0),
+                    connect: false,
+                };
+            }
+            if let Some(t) = find_cause::<BodyTooLarge>(&e) {
+                return Outcome::Failed {
+                    error: ProxyError::BodyTooLarge(t.0),
                     connect: false,
                 };
             }

@@ -41,7 +41,7 @@ pub type ProxyBody = Either<crate::compare::CaptureBody<Incoming>, Full<Bytes>>;
 /// A primary request's body: the client's, streamed through the mirror tee, or empty for a
 /// request that may be retried.
 pub type PrimaryBody =
-    Either<TeeBody<crate::body::IdleTimeout<Incoming>>, http_body_util::Empty<Bytes>>;
+    Either<TeeBody<crate::body::ClientBody<Incoming>>, http_body_util::Empty<Bytes>>;
 
 /// How upstream connections are made: TCP, then TLS for `https://` endpoints.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -61,6 +61,8 @@ pub struct State {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// A request body that sends nothing for this long fails (408).
     pub body_timeout: Duration,
+    /// A request body larger than this fails (413); `None`: no limit.
+    pub max_body: Option<u64>,
     /// Request head size and field count (431, 414).
     pub head_limits: guard::HeadLimits,
 }
@@ -178,6 +180,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let connect_timeout = rt.connect_timeout;
         let shutdown_timeout = rt.shutdown_timeout;
         let body_timeout = rt.body_timeout;
+        let max_body = rt.max_body;
         let head_limits = rt.head_limits;
         let client_tls = client_tls.clone();
         let server_tls = server_tls.clone();
@@ -207,6 +210,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         access_log,
                         connection_slots: slots,
                         body_timeout,
+                        max_body,
                         head_limits,
                     });
                     let mut set = JoinSet::new();

@@ -179,20 +179,34 @@ async fn tls_listener_speaks_h2_and_http1_and_reloads_its_certificate() {
     assert!(tls_get(&pki, addr, b"http/1.1", "/still").await.is_ok());
     // A certificate from another CA: after the reload, clients trusting only the old CA fail
     // and clients trusting the new one succeed.
-    let next = Pki::new("listener-next");
-    std::fs::copy(next.path("cert.pem"), pki.path("cert.pem")).expect("copy");
-    std::fs::copy(next.path("key.pem"), pki.path("key.pem")).expect("copy");
+    let next = pki.install_new_ca("listener-next");
     running.reload_tls().expect("reload");
-    let old = tls_get(&pki, addr, b"http/1.1", "/old-ca").await;
+    only_the_new_ca_verifies(&pki, &next, addr).await;
+    proxy.stop().await;
+}
+
+impl Pki {
+    /// A new CA and certificate, copied over this one's `cert.pem` and `key.pem`.
+    fn install_new_ca(&self, name: &str) -> Pki {
+        let next = Pki::new(name);
+        for f in ["cert.pem", "key.pem"] {
+            std::fs::copy(next.path(f), self.path(f)).expect("copy");
+        }
+        next
+    }
+}
+
+/// After a reload onto `new`'s certificate: `old`'s CA no longer verifies, `new`'s does.
+async fn only_the_new_ca_verifies(old: &Pki, new: &Pki, addr: std::net::SocketAddr) {
+    let refused = tls_get(old, addr, b"http/1.1", "/old-ca").await;
     assert!(
-        old.is_err_and(|e| e.contains("certificate")),
+        refused.is_err_and(|e| e.contains("certificate")),
         "old CA must not verify"
     );
-    let (status, _, _) = tls_get(&next, addr, b"http/1.1", "/new-ca")
+    let (status, _, _) = tls_get(new, addr, b"http/1.1", "/new-ca")
         .await
         .expect("new CA");
     assert_eq!(status, StatusCode::OK);
-    proxy.stop().await;
 }
 
 #[tokio::test]
@@ -291,20 +305,10 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
             .status()
             .expect("kill")
     };
-    let next = Pki::new("hup-next");
-    std::fs::copy(next.path("cert.pem"), pki.path("cert.pem")).expect("copy");
-    std::fs::copy(next.path("key.pem"), pki.path("key.pem")).expect("copy");
+    let next = pki.install_new_ca("hup-next");
     hup(child.id().expect("pid"));
     wait_for("TLS certificate reloaded").await;
-    let old = tls_get(&pki, addr, b"http/1.1", "/old-ca").await;
-    assert!(
-        old.is_err_and(|e| e.contains("certificate")),
-        "old CA must fail"
-    );
-    let (status, _, _) = tls_get(&next, addr, b"http/1.1", "/new-ca")
-        .await
-        .expect("new CA");
-    assert_eq!(status, StatusCode::OK);
+    only_the_new_ca_verifies(&pki, &next, addr).await;
 
     std::fs::write(pki.path("key.pem"), "not a key").expect("break");
     hup(child.id().expect("pid"));

@@ -689,7 +689,7 @@ fn forward_and_check(table: &Table, client: &ClientHead, peer: IpAddr) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut host = headers::request_host(&parts);
-    let request_id = headers::identify(&mut parts.headers, peer, "http");
+    let request_id = headers::identify(&mut parts.headers, &peer.into(), "http");
     let view = RequestView {
         parts: &parts,
         authority: host.as_ref().and_then(|h| h.to_str().ok()),

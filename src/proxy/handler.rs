@@ -9,7 +9,6 @@
 //! (atomics only) and sent on tasks of their own once the body they copy has ended; a retry
 //! of the primary never sends a mirror again.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use hyper::body::Incoming;
 
 use super::error::{error_chain, ProxyError};
 use super::guard::Refusal;
-use super::headers;
+use super::headers::{self, ClientAddr};
 use super::{PrimaryBody, ProxyBody, State};
 use crate::body::{BodyTimeout, IdleTimeout};
 use crate::compare::{ms_since, Capture, CaptureBody, PrimaryCapture};
@@ -36,13 +35,13 @@ const PRIMARY: &str = "primary";
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &ClientAddr,
     refused: Option<Refusal>,
     scheme: &'static str,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     state.metrics.in_flight.inc();
-    let resp = match forward(&state, req, peer, start, refused, scheme).await {
+    let resp = match forward(&state, req, client, start, refused, scheme).await {
         Ok(r) => r,
         Err((e, ctx)) => {
             log_primary(
@@ -81,7 +80,7 @@ type Failed = (ProxyError, LogCtx);
 async fn forward(
     state: &State,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &ClientAddr,
     start: Instant,
     refused: Option<Refusal>,
     scheme: &'static str,
@@ -109,7 +108,7 @@ async fn forward(
 
     // Identify.
     let mut host = headers::request_host(&parts);
-    let request_id = headers::identify(&mut parts.headers, peer.ip(), scheme);
+    let request_id = headers::identify(&mut parts.headers, client, scheme);
     ctx.request_id = Some(request_id.clone());
 
     // Route. The table is loaded once: the request finishes on the table it started with.

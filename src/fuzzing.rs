@@ -893,7 +893,7 @@ fn intended_target(pq: &PathAndQuery) -> String {
     }
 }
 
-/// hyper-util's legacy client (a `Host` from the URI when none is set, the request-target
+/// The upstream pool (proxy::pool, as hyper-util's legacy client did: a `Host` from the URI when none is set, the request-target
 /// form) then hyper's HTTP/1.1 encoder (request line, `name: value` lines in map order).
 fn write_like_hyper(method: Method, mut uri: Uri, mut headers: HeaderMap) -> (Vec<u8>, HeaderMap) {
     if !headers.contains_key(header::HOST) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
@@ -310,27 +310,21 @@ async fn try_once(
         };
     };
     ctx.upstream = Some(endpoint.authority.clone());
-    let uri = Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query.clone())
-        .build();
-    match uri {
-        Ok(u) => *req.uri_mut() = u,
-        Err(_) => {
-            return Outcome::Failed {
-                error: ProxyError::BadRequest("invalid request target"),
-                connect: false,
-            }
-        }
-    }
+    *req.uri_mut() = super::pool::origin_form(path_and_query);
     let until = match per_try {
         Some(t) => deadline.min(tokio::time::Instant::now() + t),
         None => deadline,
     };
     let _active = endpoint.start();
     let started = tokio::time::Instant::now();
-    match tokio::time::timeout_at(until, state.client.request(req)).await {
+    match tokio::time::timeout_at(
+        until,
+        state
+            .client
+            .send(&endpoint.scheme, &endpoint.authority, req),
+    )
+    .await
+    {
         Ok(Ok(resp)) => {
             let st = resp.status().as_u16();
             let health = if st >= 500 {

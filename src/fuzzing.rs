@@ -893,8 +893,9 @@ fn intended_target(pq: &PathAndQuery) -> String {
     }
 }
 
-/// The upstream pool (proxy::pool, as hyper-util's legacy client did: a `Host` from the URI when none is set, the request-target
-/// form) then hyper's HTTP/1.1 encoder (request line, `name: value` lines in map order).
+/// The upstream pool (`proxy::pool`, as hyper-util's legacy client did: a `Host` from the URI
+/// when none is set, the request-target form) then hyper's HTTP/1.1 encoder (request line,
+/// `name: value` lines in map order).
 fn write_like_hyper(method: Method, mut uri: Uri, mut headers: HeaderMap) -> (Vec<u8>, HeaderMap) {
     if !headers.contains_key(header::HOST) {
         if let Some(host) = uri.host() {

@@ -689,7 +689,7 @@ fn forward_and_check(table: &Table, client: &ClientHead, peer: IpAddr) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut host = headers::request_host(&parts);
-    let request_id = headers::identify(&mut parts.headers, peer, "http");
+    let request_id = headers::identify(&mut parts.headers, &peer.into(), "http");
     let view = RequestView {
         parts: &parts,
         authority: host.as_ref().and_then(|h| h.to_str().ok()),
@@ -893,8 +893,9 @@ fn intended_target(pq: &PathAndQuery) -> String {
     }
 }
 
-/// hyper-util's legacy client (a `Host` from the URI when none is set, the request-target
-/// form) then hyper's HTTP/1.1 encoder (request line, `name: value` lines in map order).
+/// The upstream pool (`proxy::pool`, as hyper-util's legacy client did: a `Host` from the URI
+/// when none is set, the request-target form) then hyper's HTTP/1.1 encoder (request line,
+/// `name: value` lines in map order).
 fn write_like_hyper(method: Method, mut uri: Uri, mut headers: HeaderMap) -> (Vec<u8>, HeaderMap) {
     if !headers.contains_key(header::HOST) {
         if let Some(host) = uri.host() {

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Uri};
+use http::{HeaderMap, Method, Request};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,7 +36,7 @@ use crate::telemetry::{AccessLog, Entry, Metrics, MirrorOutcome};
 pub const MIRROR_HEADER: HeaderName = HeaderName::from_static("x-mirrorctl-shadow");
 
 /// The client mirrored requests go through: a pool of its own, apart from the primary's.
-pub type ShadowClient = Client<crate::proxy::Connector, ChunksBody>;
+pub type ShadowClient = crate::proxy::pool::Pool<ChunksBody>;
 
 /// How a shadow is treated; the defaults follow Envoy/Istio where they have one.
 #[derive(Debug, Clone)]
@@ -422,30 +421,16 @@ async fn send(
         return Err(MirrorOutcome::failed);
     };
     let upstream = ep.authority.as_str();
-    let uri = Uri::builder()
-        .scheme(ep.scheme.clone())
-        .authority(ep.authority.clone())
-        .path_and_query(req.path_and_query.clone())
-        .build();
-    let Ok(uri) = uri else {
-        log(
-            None,
-            upstream,
-            Some("invalid upstream uri"),
-            start.elapsed(),
-        );
-        return Err(MirrorOutcome::failed);
-    };
     let mut r = Request::new(body.reader());
     *r.method_mut() = req.method.clone();
-    *r.uri_mut() = uri;
+    *r.uri_mut() = crate::proxy::pool::origin_form(&req.path_and_query);
     *r.headers_mut() = headers;
     if let Some(h) = &req.host {
         r.headers_mut().insert(HOST, shadow.shadow_host(h));
     }
     r.headers_mut().insert(MIRROR_HEADER, shadow.marker.clone());
     let exchange = async {
-        let resp = ctx.client.request(r).await?;
+        let resp = ctx.client.send(&ep.scheme, &ep.authority, r).await?;
         let status = resp.status().as_u16();
         let head_latency = start.elapsed();
         let headers = capture_cap.map(|_| resp.headers().clone());

@@ -9,21 +9,20 @@
 //! (atomics only) and sent on tasks of their own once the body they copy has ended; a retry
 //! of the primary never sends a mirror again.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::error::{error_chain, ProxyError};
 use super::guard::Refusal;
-use super::headers;
+use super::headers::{self, ClientAddr};
 use super::{PrimaryBody, ProxyBody, State};
 use crate::body::{BodyTimeout, BodyTooLarge, ClientBody};
 use crate::compare::{ms_since, Capture, CaptureBody, PrimaryCapture};
@@ -36,13 +35,13 @@ const PRIMARY: &str = "primary";
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &ClientAddr,
     refused: Option<Refusal>,
     scheme: &'static str,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     state.metrics.in_flight.inc();
-    let resp = match forward(&state, req, peer, start, refused, scheme).await {
+    let resp = match forward(&state, req, client, start, refused, scheme).await {
         Ok(r) => r,
         Err((e, ctx)) => {
             log_primary(
@@ -81,7 +80,7 @@ type Failed = (ProxyError, LogCtx);
 async fn forward(
     state: &State,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &ClientAddr,
     start: Instant,
     refused: Option<Refusal>,
     scheme: &'static str,
@@ -109,7 +108,7 @@ async fn forward(
 
     // Identify.
     let mut host = headers::request_host(&parts);
-    let request_id = headers::identify(&mut parts.headers, peer.ip(), scheme);
+    let request_id = headers::identify(&mut parts.headers, client, scheme);
     ctx.request_id = Some(request_id.clone());
 
     // Route. The table is loaded once: the request finishes on the table it started with.
@@ -318,27 +317,21 @@ async fn try_once(
         };
     };
     ctx.upstream = Some(endpoint.authority.clone());
-    let uri = Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query.clone())
-        .build();
-    match uri {
-        Ok(u) => *req.uri_mut() = u,
-        Err(_) => {
-            return Outcome::Failed {
-                error: ProxyError::BadRequest("invalid request target"),
-                connect: false,
-            }
-        }
-    }
+    *req.uri_mut() = super::pool::origin_form(path_and_query);
     let until = match per_try {
         Some(t) => deadline.min(tokio::time::Instant::now() + t),
         None => deadline,
     };
     let _active = endpoint.start();
     let started = tokio::time::Instant::now();
-    match tokio::time::timeout_at(until, state.client.request(req)).await {
+    match tokio::time::timeout_at(
+        until,
+        state
+            .client
+            .send(&endpoint.scheme, &endpoint.authority, req),
+    )
+    .await
+    {
         Ok(Ok(resp)) => {
             let st = resp.status().as_u16();
             let health = if st >= 500 {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod guard;
 mod handler;
 pub mod headers;
+pub mod pool;
 mod server;
 pub mod tls;
 
@@ -23,8 +24,6 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -47,7 +46,7 @@ pub type PrimaryBody =
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// The primary's pooled client.
-pub type PrimaryClient = Client<Connector, PrimaryBody>;
+pub type PrimaryClient = pool::Pool<PrimaryBody>;
 
 /// Everything a request reads. One per worker thread (its own upstream pools); the table,
 /// metrics and access log are shared by all workers.
@@ -85,7 +84,8 @@ pub struct Running {
     shutdown_timeout: Duration,
 }
 
-fn connector(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Connector {
+/// TCP (connect timeout, `TCP_NODELAY`), then TLS for `https://` endpoints.
+pub fn connector(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Connector {
     let mut c = HttpConnector::new();
     c.set_connect_timeout(Some(connect_timeout));
     c.set_nodelay(true);
@@ -95,14 +95,6 @@ fn connector(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Connector
         .https_or_http()
         .enable_http1()
         .wrap_connector(c)
-}
-
-fn client_builder() -> hyper_util::client::legacy::Builder {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    b
 }
 
 /// A listening socket that several workers can each bind (the kernel spreads connections).
@@ -200,9 +192,15 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                 runtime.block_on(async move {
                     let state = Arc::new(State {
                         table,
-                        client: client_builder().build(connector(connect_timeout, &client_tls)),
+                        client: pool::Pool::new(
+                            connector(connect_timeout, &client_tls),
+                            pool::PoolConfig::default(),
+                        ),
                         mirror: MirrorContext {
-                            client: client_builder().build(connector(connect_timeout, &client_tls)),
+                            client: pool::Pool::new(
+                                connector(connect_timeout, &client_tls),
+                                pool::PoolConfig::default(),
+                            ),
                             access_log: access_log.clone(),
                             compare: comparator,
                         },

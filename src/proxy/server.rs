@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::guard::{ConnGuard, GuardedIo};
+use super::headers::ClientAddr;
 use super::tls::ServerTls;
 use super::{handler, State};
 
@@ -107,12 +108,15 @@ async fn serve_io<I>(
 {
     let guard = Arc::new(ConnGuard::default());
     let io = GuardedIo::new(io, guard.clone(), state.head_limits);
+    // Formatted once: every request of this connection appends it to `x-forwarded-for`.
+    let client = ClientAddr::from(peer.ip());
     let svc = service_fn(move |req| {
         let state = state.clone();
         let refused = guard.next_request();
+        let client = client.clone();
         async move {
             Ok::<_, std::convert::Infallible>(
-                handler::handle(state, req, peer, refused, scheme).await,
+                handler::handle(state, req, &client, refused, scheme).await,
             )
         }
     });

@@ -1,0 +1,634 @@
+//! A per-worker HTTP/1.1 connection pool on hyper's `client::conn::http1`.
+//!
+//! Why not hyper-util's legacy client: each request paid for a shared pool (a SipHash of the
+//! authority byte by byte, twice, plus the checkout/checkin machinery and a spawned "wait until
+//! idle" task) that a thread-per-core worker does not need. Here a worker's pool is a map from
+//! endpoint (scheme + authority) to a LIFO list of idle `SendRequest`s behind an uncontended
+//! mutex, and a request is sent with `try_send_request` on one of them.
+//!
+//! What the legacy client gave us and this keeps:
+//! - connections made by the shared [`Connector`] (TCP with its connect timeout and
+//!   `TCP_NODELAY`, TLS for `https://`), errors while connecting told apart ([`PoolError::is_connect`]);
+//! - idle connections reused (most recent first), never one that is closed, at most
+//!   `max_idle_per_endpoint` kept per endpoint, dropped after `idle_timeout` without use;
+//! - a request that a reused connection handed back unsent (the upstream had closed it) is sent
+//!   once more on a fresh connection. A request that was (partly) written is never replayed.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::Connector;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request got no response head from the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The connection could not be made (TCP, its timeout, TLS).
+    #[error("connect failed")]
+    Connect(#[source] BoxError),
+    /// The upstream address is not one we can connect to.
+    #[error("invalid upstream address {0}")]
+    Address(String),
+    /// The connection failed while sending the request or reading the response head.
+    #[error("request failed")]
+    Send(#[source] hyper::Error),
+}
+
+impl PoolError {
+    /// A failure to connect: nothing was sent, the endpoint may be down.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, PoolError::Connect(_))
+    }
+}
+
+/// How the pool keeps connections.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// An idle connection unused this long is closed.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint; past it the oldest is closed.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 256,
+        }
+    }
+}
+
+/// An endpoint: the connections to it are interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    https: bool,
+    authority: Authority,
+}
+
+/// FNV-1a: the keys are short authorities from our own configuration (not attacker input), so
+/// a fast non-keyed hash is enough; SipHash fed byte by byte was most of the legacy pool's cost.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+struct Idle<B> {
+    tx: SendRequest<B>,
+    since: Instant,
+}
+
+struct Inner<B> {
+    idle: HashMap<Key, VecDeque<Idle<B>>, BuildHasherDefault<Fnv>>,
+    /// Whether the task that closes expired idle connections is running.
+    reaper: bool,
+}
+
+struct Shared<B, C> {
+    connector: C,
+    config: PoolConfig,
+    inner: Mutex<Inner<B>>,
+    stats: Stats,
+}
+
+/// What the pool did, counted (tests; cheap relaxed atomics on one thread).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// New connections made.
+    pub connects: std::sync::atomic::AtomicU64,
+    /// Requests sent on an idle connection.
+    pub reuses: std::sync::atomic::AtomicU64,
+    /// Requests a reused connection handed back unsent, sent again on a fresh one.
+    pub retries: std::sync::atomic::AtomicU64,
+}
+
+/// A worker's upstream connections. Cheap to clone (shared). `C` makes connections: the
+/// proxy's [`Connector`], or an in-memory one in tests.
+pub struct Pool<B, C = Connector> {
+    shared: Arc<Shared<B, C>>,
+}
+
+impl<B, C> Clone for Pool<B, C> {
+    fn clone(&self) -> Self {
+        Pool {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B, C> std::fmt::Debug for Pool<B, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, C> Shared<B, C> {
+    fn lock(&self) -> MutexGuard<'_, Inner<B>> {
+        // Nothing panics while holding it; if something did, the map is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<B, C> Pool<B, C>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+{
+    pub fn new(connector: C, config: PoolConfig) -> Pool<B, C> {
+        Pool {
+            shared: Arc::new(Shared {
+                connector,
+                config,
+                inner: Mutex::new(Inner {
+                    idle: HashMap::default(),
+                    reaper: false,
+                }),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// What the pool did so far.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Idle connections held for an endpoint (for tests and metrics).
+    pub fn idle_count(&self, scheme: &Scheme, authority: &Authority) -> usize {
+        let key = Key::new(scheme, authority);
+        self.shared.lock().idle.get(&key).map_or(0, VecDeque::len)
+    }
+
+    /// Send `req` (origin-form target) to the endpoint and return its response head.
+    ///
+    /// A missing `Host` is set from the endpoint, as the legacy client did.
+    pub async fn send(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        mut req: Request<B>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        if !req.headers().contains_key(HOST) {
+            if let Some(h) = host_value(scheme, authority) {
+                req.headers_mut().insert(HOST, h);
+            }
+        }
+        let key = Key::new(scheme, authority);
+        if let Some(mut tx) = self.checkout(&key) {
+            self.shared.stats.reuses.fetch_add(1, Relaxed);
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    self.checkin(key, tx);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Handed back unsent: the upstream closed this idle connection before we
+                    // wrote anything. One more try, on a connection of our own.
+                    Some(unsent) => {
+                        self.shared.stats.retries.fetch_add(1, Relaxed);
+                        req = unsent;
+                    }
+                    None => return Err(PoolError::Send(e.into_error())),
+                },
+            }
+        }
+        let mut tx = self.connect(&key).await?;
+        match tx.try_send_request(req).await {
+            Ok(resp) => {
+                self.checkin(key, tx);
+                Ok(resp)
+            }
+            Err(e) => Err(PoolError::Send(e.into_error())),
+        }
+    }
+
+    /// The most recently used idle connection that can take a request now. Closed and expired
+    /// ones are dropped on the way; busy ones (still streaming a response body) stay.
+    fn checkout(&self, key: &Key) -> Option<SendRequest<B>> {
+        let mut inner = self.shared.lock();
+        let list = inner.idle.get_mut(key)?;
+        let now = Instant::now();
+        let timeout = self.shared.config.idle_timeout;
+        // The oldest are at the front: expired ones go first.
+        while list
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= timeout)
+        {
+            list.pop_front();
+        }
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].tx.is_closed() {
+                list.remove(i);
+            } else if list[i].tx.is_ready() {
+                return list.remove(i).map(|c| c.tx);
+            }
+        }
+        None
+    }
+
+    /// Back to the idle list as soon as the response head is in: it is taken again only once
+    /// its connection is ready (the body streamed, keep-alive kept).
+    fn checkin(&self, key: Key, tx: SendRequest<B>) {
+        if tx.is_closed() {
+            return;
+        }
+        let max = self.shared.config.max_idle_per_endpoint;
+        if max == 0 {
+            return;
+        }
+        let start_reaper = {
+            let mut inner = self.shared.lock();
+            let list = inner.idle.entry(key).or_default();
+            if list.len() >= max {
+                list.pop_front();
+            }
+            list.push_back(Idle {
+                tx,
+                since: Instant::now(),
+            });
+            !std::mem::replace(&mut inner.reaper, true)
+        };
+        if start_reaper {
+            tokio::spawn(reap(Arc::downgrade(&self.shared)));
+        }
+    }
+
+    /// A new connection to the endpoint, its connection task spawned.
+    async fn connect(&self, key: &Key) -> Result<SendRequest<B>, PoolError> {
+        let scheme = if key.https { "https" } else { "http" };
+        let uri = Uri::builder()
+            .scheme(scheme)
+            .authority(key.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| PoolError::Address(key.authority.to_string()))?;
+        self.shared.stats.connects.fetch_add(1, Relaxed);
+        let mut connector = self.shared.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| PoolError::Connect(e.into()))?;
+        let io = connector
+            .call(uri)
+            .await
+            .map_err(|e| PoolError::Connect(e.into()))?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(PoolError::Send)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// Close idle connections past their timeout, while the pool exists and holds any.
+async fn reap<B, C>(pool: Weak<Shared<B, C>>) {
+    loop {
+        let period = match pool.upgrade() {
+            Some(p) => p.config.idle_timeout / 2,
+            None => return,
+        };
+        tokio::time::sleep(period.max(Duration::from_millis(10))).await;
+        let Some(p) = pool.upgrade() else { return };
+        let now = Instant::now();
+        let timeout = p.config.idle_timeout;
+        let mut inner = p.lock();
+        inner.idle.retain(|_, list| {
+            list.retain(|c| !c.tx.is_closed() && now.saturating_duration_since(c.since) < timeout);
+            !list.is_empty()
+        });
+        if inner.idle.is_empty() {
+            // Restarted by the next checkin.
+            inner.reaper = false;
+            return;
+        }
+    }
+}
+
+impl Key {
+    fn new(scheme: &Scheme, authority: &Authority) -> Key {
+        Key {
+            https: *scheme == Scheme::HTTPS,
+            authority: authority.clone(),
+        }
+    }
+}
+
+/// `Host` for an endpoint: its host, and its port unless it is the scheme's default.
+fn host_value(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
+    let default = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(p) if p != default => HeaderValue::from_str(&format!("{}:{p}", authority.host())).ok(),
+        _ => HeaderValue::from_str(authority.host()).ok(),
+    }
+}
+
+/// The request target an origin server expects: path and query only (`/` when empty).
+pub fn origin_form(pq: &http::uri::PathAndQuery) -> Uri {
+    Uri::from(pq.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// An in-memory upstream per connection: answers `200 ok` to each request head, and
+    /// closes after `close_after` answers, or when the test drops it (`kill`).
+    #[derive(Clone, Default)]
+    struct Upstream {
+        connects: Arc<AtomicUsize>,
+        close_after: Option<usize>,
+        /// Each connection's kill switch: dropping one closes that server side.
+        kill: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>>,
+        /// Set when a server side saw EOF from the pool (the pool closed the connection).
+        closed_by_pool: Arc<AtomicUsize>,
+    }
+
+    impl Service<Uri> for Upstream {
+        type Response = TokioIo<DuplexStream>;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            self.connects.fetch_add(1, Relaxed);
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let (kill_tx, kill_rx) = tokio::sync::oneshot::channel();
+            self.kill.lock().expect("lock").push(kill_tx);
+            tokio::spawn(serve(
+                server,
+                self.close_after,
+                kill_rx,
+                self.closed_by_pool.clone(),
+            ));
+            Box::pin(async move { Ok(TokioIo::new(client)) })
+        }
+    }
+
+    async fn serve(
+        mut s: DuplexStream,
+        close_after: Option<usize>,
+        mut kill: tokio::sync::oneshot::Receiver<()>,
+        closed_by_pool: Arc<AtomicUsize>,
+    ) {
+        let mut buf = Vec::new();
+        let mut answered = 0;
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::select! {
+                r = s.read(&mut chunk) => r.unwrap_or(0),
+                _ = &mut kill => return,
+            };
+            if n == 0 {
+                closed_by_pool.fetch_add(1, Relaxed);
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                let ok = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                answered += 1;
+                if ok.is_err() || close_after == Some(answered) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pool(up: &Upstream, config: PoolConfig) -> Pool<Empty<Bytes>, Upstream> {
+        Pool::new(up.clone(), config)
+    }
+
+    fn endpoint() -> (Scheme, Authority) {
+        (Scheme::HTTP, Authority::from_static("upstream.test:8080"))
+    }
+
+    async fn get(p: &Pool<Empty<Bytes>, Upstream>) -> Result<Bytes, PoolError> {
+        let (scheme, authority) = endpoint();
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = Uri::from_static("/x");
+        let resp = p.send(&scheme, &authority, req).await?;
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.map_err(PoolError::Send)?;
+        Ok(body.to_bytes())
+    }
+
+    /// Let the connection tasks run (the pool hands out only connections that are ready).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused() {
+        let up = Upstream::default();
+        let p = pool(&up, PoolConfig::default());
+        for _ in 0..3 {
+            assert_eq!(get(&p).await.expect("get"), "ok");
+            settle().await;
+        }
+        assert_eq!(up.connects.load(Relaxed), 1);
+        assert_eq!(p.stats().reuses.load(Relaxed), 2);
+        let (s, a) = endpoint();
+        assert_eq!(p.idle_count(&s, &a), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_never_handed_out() {
+        let up = Upstream {
+            close_after: Some(1),
+            ..Upstream::default()
+        };
+        let p = pool(&up, PoolConfig::default());
+        assert_eq!(get(&p).await.expect("first"), "ok");
+        settle().await;
+        assert_eq!(get(&p).await.expect("second"), "ok");
+        assert_eq!(up.connects.load(Relaxed), 2);
+        assert_eq!(
+            p.stats().retries.load(Relaxed),
+            0,
+            "seen closed, not retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsent_request_on_a_stale_connection_is_retried_once_on_a_fresh_one() {
+        let up = Upstream::default();
+        let p = pool(&up, PoolConfig::default());
+        assert_eq!(get(&p).await.expect("first"), "ok");
+        settle().await;
+        // The upstream closes the idle connection; the pool has not seen it yet when the next
+        // request goes out on it, so the connection hands the request back unwritten.
+        drop(up.kill.lock().expect("lock").pop());
+        assert_eq!(get(&p).await.expect("retried"), "ok");
+        assert_eq!(up.connects.load(Relaxed), 2);
+        assert_eq!(p.stats().retries.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fresh_connection_is_not_retried() {
+        #[derive(Clone)]
+        struct Refuse;
+        impl Service<Uri> for Refuse {
+            type Response = TokioIo<DuplexStream>;
+            type Error = std::io::Error;
+            type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Uri) -> Self::Future {
+                Box::pin(async {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "refused",
+                    ))
+                })
+            }
+        }
+        let p: Pool<Empty<Bytes>, Refuse> = Pool::new(Refuse, PoolConfig::default());
+        let (s, a) = endpoint();
+        let e = p.send(&s, &a, Request::new(Empty::new())).await;
+        let e = e.expect_err("refused");
+        assert!(e.is_connect());
+        assert_eq!(crate::proxy::error_chain(&e), "connect failed: refused");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let up = Upstream::default();
+        let p = pool(
+            &up,
+            PoolConfig {
+                idle_timeout: Duration::from_millis(50),
+                ..PoolConfig::default()
+            },
+        );
+        assert_eq!(get(&p).await.expect("get"), "ok");
+        let (s, a) = endpoint();
+        assert_eq!(p.idle_count(&s, &a), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        settle().await;
+        assert_eq!(p.idle_count(&s, &a), 0, "reaped");
+        assert_eq!(up.closed_by_pool.load(Relaxed), 1, "and closed");
+        assert_eq!(get(&p).await.expect("get"), "ok");
+        assert_eq!(up.connects.load(Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_per_endpoint() {
+        let up = Upstream::default();
+        let p = pool(
+            &up,
+            PoolConfig {
+                max_idle_per_endpoint: 2,
+                ..PoolConfig::default()
+            },
+        );
+        let all = futures_join(&p, 5).await;
+        for r in &all {
+            assert_eq!(
+                r.as_ref().map_err(|e| crate::proxy::error_chain(e)).ok(),
+                Some(&Bytes::from_static(b"ok")),
+                "{r:?}"
+            );
+        }
+        let (s, a) = endpoint();
+        assert_eq!(up.connects.load(Relaxed), 5);
+        assert_eq!(p.idle_count(&s, &a), 2);
+    }
+
+    async fn futures_join(
+        p: &Pool<Empty<Bytes>, Upstream>,
+        n: usize,
+    ) -> Vec<Result<Bytes, PoolError>> {
+        // Heads first, all at once: each request needs a connection of its own.
+        let (scheme, authority) = endpoint();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let p = p.clone();
+            let (scheme, authority) = (scheme.clone(), authority.clone());
+            set.spawn(async move {
+                let resp = p
+                    .send(&scheme, &authority, Request::new(Empty::new()))
+                    .await?;
+                Ok::<_, PoolError>(resp)
+            });
+        }
+        let mut heads = Vec::new();
+        while let Some(r) = set.join_next().await {
+            heads.push(r.expect("task"));
+        }
+        let mut out = Vec::new();
+        for h in heads {
+            out.push(match h {
+                Ok(resp) => resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .map_err(PoolError::Send),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+}

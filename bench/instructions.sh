@@ -4,6 +4,9 @@
 #
 #   bench/instructions.sh [--scenario B,C,P] [--requests N] [--connections N] LABEL=BIN ...
 #
+# A LABEL starting with `nginx` runs BIN as nginx with bench/conf/proxy-nginx.conf.tmpl (the
+# config mirror-bench.sh gives it), e.g. `nginx=/usr/sbin/nginx`, for the same count.
+#
 # For every scenario and build: two nginx fixtures (primary, shadow) on 127.0.0.1, the build
 # under `valgrind --tool=callgrind`, N requests from one client process (curl-free: a python
 # keep-alive client, --connections sockets, so every build sees the same request sequence),
@@ -96,9 +99,19 @@ for sc in "${SCS[@]}"; do
     pct=100; post=0
     case "$sc" in B) pct=0;; C) ;; P) post=1;; *) echo "unknown scenario $sc" >&2; exit 2;; esac
     out=$WORK/$sc-$label.callgrind
-    timeout -k 5 3600 valgrind --tool=callgrind --callgrind-out-file="$out" \
-      "$bin" serve --listen "127.0.0.1:$xp" --primary "http://127.0.0.1:$pp" \
-      --shadow "http://127.0.0.1:$sp" --mirror-percent "$pct" --access-log off --workers 1 \
+    case "$label" in
+      nginx*)  # nginx as the proxy, the same config mirror-bench.sh runs (one process here)
+        rd=$WORK/$sc-$label; mkdir -p "$rd/proxy-tmp"
+        on="" off="# "; [ "$pct" = 0 ] && { on="# "; off=""; }
+        sed -e "s|@RUNDIR@|$rd|g" -e "s|@PROXY_PORT@|$xp|g" -e "s|@PRIMARY_PORT@|$pp|g" \
+            -e "s|@SHADOW_PORT@|$sp|g" -e "s|@MIRROR_PERCENT@|$pct|g" -e "s|@IF_MIRROR@|$on|g" \
+            -e "s|@IF_NOMIRROR@|$off|g" -e "s|@MIRROR_TIMEOUT@|60s|g" \
+            "$HERE/conf/proxy-nginx.conf.tmpl" >"$rd/proxy.conf"
+        cmd=("$bin" -p "$rd" -c "$rd/proxy.conf" -g 'daemon off; master_process off;');;
+      *) cmd=("$bin" serve --listen "127.0.0.1:$xp" --primary "http://127.0.0.1:$pp" \
+              --shadow "http://127.0.0.1:$sp" --mirror-percent "$pct" --access-log off --workers 1);;
+    esac
+    timeout -k 5 3600 valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
       >"$WORK/$sc-$label.log" 2>&1 &
     vpid=$!; PIDS+=($vpid)
     wait_port "$xp"

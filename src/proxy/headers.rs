@@ -32,28 +32,54 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 /// `Upgrade` goes too: upgrades are not proxied (yet).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names finds what to remove: most messages carry none or one or two,
-    // and a hashed `remove` per hop-by-hop name (nine) cost more than the whole scan.
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    // One pass over the names finds which hop-by-hop ones are present (most messages carry
+    // none, or only `Connection: keep-alive`); a hashed `remove` per possible name cost more
+    // than the scan. Nothing is allocated: names go by index, Connection tokens as `&str`.
+    let mut present = 0u16;
     for name in h.keys() {
-        if is_hop_by_hop(name) {
-            doomed.push(name.clone());
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+            present |= 1 << i;
+        } else if name == header::UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
         }
     }
-    if doomed.is_empty() {
+    if present == 0 {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
-        // Read as bytes: one non-ASCII byte must not hide the other names.
-        doomed.extend(
-            h.get_all(header::CONNECTION)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok()),
-        );
+    if present & 1 != 0 {
+        // `Connection` (index 0): its tokens read as bytes, so one non-ASCII byte cannot hide
+        // the other names. The values are cheap clones (shared bytes).
+        let mut values = h.get_all(header::CONNECTION).iter();
+        match (values.next().cloned(), values.next()) {
+            (Some(one), None) => remove_listed(h, &one),
+            _ => {
+                let all: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+                for v in &all {
+                    remove_listed(h, v);
+                }
+            }
+        }
     }
-    for n in doomed {
-        h.remove(n);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(name);
+        }
+    }
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// Remove the headers a `Connection` value names.
+fn remove_listed(h: &mut HeaderMap, connection: &HeaderValue) {
+    for token in connection.as_bytes().split(|b| *b == b',') {
+        // A token that is not a header name matches nothing (`remove` by `&str` neither
+        // allocates nor fails).
+        if let Ok(name) = std::str::from_utf8(token.trim_ascii()) {
+            if !name.is_empty() {
+                h.remove(name);
+            }
+        }
     }
 }
 
@@ -229,6 +255,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+
+        // Several Connection fields, names in any case, a token that is no header name.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("X-One"));
+        h.append("connection", HeaderValue::from_static(" ,x two, X-TWO ,"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"], "{h:?}");
     }
 
     #[test]

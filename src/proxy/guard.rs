@@ -291,6 +291,60 @@ impl<T: AsyncRead> GuardedIo<T> {
     }
 }
 
+/// What a client connection speaks, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// The HTTP/2 prior-knowledge preface.
+    Http2,
+}
+
+impl<T: AsyncRead + Unpin> GuardedIo<T> {
+    /// Read until the first bytes tell the HTTP/2 preface from an HTTP/1 request; they stay
+    /// buffered for hyper. (Doing it here, once, spares every later read the rewind layer of
+    /// hyper-util's protocol-detecting server.) End of stream or a read error: HTTP/1, and
+    /// hyper then sees the end (or an empty request) itself.
+    pub async fn sniff(&mut self) -> Protocol {
+        std::future::poll_fn(|cx| self.poll_sniff(cx)).await
+    }
+
+    fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<Protocol> {
+        loop {
+            match self.phase {
+                Phase::Start => {}
+                Phase::Passthrough => return Poll::Ready(Protocol::Http2),
+                _ => return Poll::Ready(Protocol::Http1),
+            }
+            let buf = std::mem::take(&mut self.buf);
+            let step = self.scan(&buf[self.scanned..self.end]);
+            self.buf = buf;
+            if let Step::Took(n) = step {
+                self.scanned += n;
+                continue;
+            }
+            if self.eof {
+                return Poll::Ready(Protocol::Http1);
+            }
+            if self.buf.len() - self.end < H2_PREFACE.len() {
+                let grow = self.end + HEAD_READ;
+                self.buf.resize(grow, 0);
+            }
+            let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    self.end += n;
+                    if n == 0 {
+                        self.eof = true;
+                    }
+                }
+                Poll::Ready(Err(_)) => self.eof = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -844,6 +898,46 @@ mod tests {
                 Some(Refusal::Malformed("Content-Length with Transfer-Encoding"))
             );
             assert_eq!(at, 3, "the fourth request is the stand-in");
+        }
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_the_preface_from_http1_and_keeps_the_bytes() {
+        let h2 = [H2_PREFACE, &[0u8, 0, 0, 4, 0, 0, 0, 0, 0][..]].concat();
+        for (input, want) in [
+            (&h2[..], Protocol::Http2),
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], Protocol::Http1),
+            (&b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n"[..], Protocol::Http1),
+            (&b"PRI * HTT"[..], Protocol::Http1), // a prefix of the preface, then the end
+            (&b""[..], Protocol::Http1),
+        ] {
+            for piece in [1, 5, 4096] {
+                let (mut client, server) = tokio::io::duplex(1 << 16);
+                let mut io = GuardedIo::new(
+                    server,
+                    Arc::new(ConnGuard::default()),
+                    HeadLimits::default(),
+                );
+                let bytes = input.to_vec();
+                let writer = tokio::spawn(async move {
+                    for c in bytes.chunks(piece) {
+                        client.write_all(c).await.expect("write");
+                        tokio::task::yield_now().await;
+                    }
+                    client.shutdown().await.expect("shutdown");
+                });
+                let got = tokio::time::timeout(std::time::Duration::from_secs(5), io.sniff())
+                    .await
+                    .expect("sniffed");
+                assert_eq!(got, want, "{input:?} in pieces of {piece}");
+                let mut out = Vec::new();
+                tokio::time::timeout(std::time::Duration::from_secs(5), io.read_to_end(&mut out))
+                    .await
+                    .unwrap_or_else(|_| panic!("read {input:?} in pieces of {piece}: {out:?}"))
+                    .expect("read");
+                assert_eq!(out, input, "{input:?} in pieces of {piece}");
+                writer.await.expect("writer");
+            }
         }
     }
 

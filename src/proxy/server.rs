@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::guard::{ConnGuard, GuardedIo};
+use super::guard::{ConnGuard, GuardedIo, Protocol};
 use super::headers::ClientAddr;
 use super::tls::ServerTls;
 use super::{handler, State};
@@ -25,16 +25,13 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new()).max_concurrent_streams(256);
+    let builder = Builders { h1, h2 };
     let graceful = GracefulShutdown::new();
     loop {
         // A free connection slot first: at the cap, new clients wait in the kernel's backlog.
@@ -94,10 +91,18 @@ pub async fn serve(
     }
 }
 
+/// hyper's server settings, HTTP/1.1 and HTTP/2.
+#[derive(Clone)]
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
 /// One client connection (plain, or TLS after its handshake): every request head checked by
-/// the guard, then hyper's HTTP/1.1 or HTTP/2.
+/// the guard, then hyper's HTTP/1.1 or HTTP/2 (prior knowledge, or ALPN `h2` over TLS: both
+/// start with the preface).
 async fn serve_io<I>(
-    builder: auto::Builder<TokioExecutor>,
+    builder: Builders,
     watcher: hyper_util::server::graceful::Watcher,
     io: I,
     state: Arc<State>,
@@ -107,7 +112,12 @@ async fn serve_io<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let guard = Arc::new(ConnGuard::default());
-    let io = GuardedIo::new(io, guard.clone(), state.head_limits);
+    let mut io = GuardedIo::new(io, guard.clone(), state.head_limits);
+    // A client that connects and says nothing is dropped like one that stalls its head.
+    let Ok(protocol) = tokio::time::timeout(HEADER_READ_TIMEOUT, io.sniff()).await else {
+        tracing::debug!(%peer, "nothing sent before the header timeout");
+        return;
+    };
     // Formatted once: every request of this connection appends it to `x-forwarded-for`.
     let client = ClientAddr::from(peer.ip());
     let svc = service_fn(move |req| {
@@ -120,8 +130,12 @@ async fn serve_io<I>(
             )
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let io = TokioIo::new(io);
+    let ended = match protocol {
+        Protocol::Http1 => watcher.watch(builder.h1.serve_connection(io, svc)).await,
+        Protocol::Http2 => watcher.watch(builder.h2.serve_connection(io, svc)).await,
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "client connection ended with an error");
     }
 }

@@ -61,7 +61,7 @@ pub struct ServeFlags {
     /// Largest mirrored request body (default 1MiB).
     #[arg(long, value_name = "SIZE")]
     pub mirror_max_body: Option<String>,
-    /// Body bytes held for copies in flight per shadow (default 8MiB).
+    /// Body bytes held for copies in flight per shadow (default 4MiB).
     #[arg(long, value_name = "SIZE")]
     pub mirror_max_buffered: Option<String>,
     /// Mirror only these methods, comma-separated (e.g. GET,HEAD).

@@ -122,7 +122,7 @@ pub struct ShadowFile {
     pub timeout: Option<S<String>>,
     /// Largest request body mirrored, e.g. `1MiB` (default), `64KiB`, `0`.
     pub max_body: Option<S<String>>,
-    /// Body bytes held for copies in flight to this shadow, at most (default `8MiB`).
+    /// Body bytes held for copies in flight to this shadow, at most (default `4MiB`).
     pub max_buffered: Option<S<String>>,
     /// Only these methods are mirrored (default: all).
     pub methods: Option<Vec<S<String>>>,

@@ -66,7 +66,7 @@ impl Default for ShadowSettings {
             max_in_flight: 256,
             timeout: Duration::from_secs(5),
             max_body_bytes: 1024 * 1024,
-            max_buffered_bytes: 8 * 1024 * 1024,
+            max_buffered_bytes: 4 * 1024 * 1024,
             methods: None,
             host_suffix: Some("-shadow".into()),
             breaker_failures: 5,

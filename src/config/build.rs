@@ -15,7 +15,7 @@ use super::common::{self, Ctx, S};
 use super::native::{
     EndpointFile, FileConfig, MirrorFile, RouteFile, ServiceFile, ShadowFile, TlsFile,
 };
-use super::units::parse_size;
+use super::units::{body_limit, head_bytes_limit, parse_size};
 use super::{ConfigError, Runtime};
 use crate::mirror::{MirrorCounters, MirrorPolicy, Sampler, Shadow, ShadowSettings};
 use crate::routing::{
@@ -325,23 +325,12 @@ pub fn build_with_warnings(
             rt.max_connections = m.value;
         }
         if let Some(m) = &l.max_header_bytes {
-            rt.head_limits.max_bytes = parse_size(&m.value)
-                .ok()
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|n| *n >= 1024)
-                .ok_or_else(|| {
-                    cx.err(
-                        &m.referenced,
-                        "limits.max_header_bytes",
-                        "must be a size of at least 1KiB (e.g. 64KiB)",
-                    )
-                })?;
+            rt.head_limits.max_bytes = head_bytes_limit(&m.value)
+                .map_err(|e| cx.err(&m.referenced, "limits.max_header_bytes", e))?;
         }
         if let Some(m) = &l.max_body {
-            rt.max_body = Some(
-                parse_size(&m.value).map_err(|e| cx.err(&m.referenced, "limits.max_body", e))?,
-            )
-            .filter(|n| *n > 0);
+            rt.max_body =
+                body_limit(&m.value).map_err(|e| cx.err(&m.referenced, "limits.max_body", e))?;
         }
         if let Some(m) = &l.max_headers {
             if m.value == 0 {
@@ -730,7 +719,7 @@ pub fn parse_endpoint(addr: &str) -> Result<(Scheme, Authority), String> {
         if !addr.contains("://") {
             return Err(format!("`{addr}` has no port"));
         }
-        let port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let port = crate::routing::default_port(&scheme);
         authority = format!("{}:{port}", authority.as_str())
             .parse()
             .map_err(|_| format!("`{addr}` is not an address"))?;

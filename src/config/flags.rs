@@ -315,15 +315,11 @@ pub fn load_with_warnings(
         rt.upstream_ca = f.upstream_ca.clone();
     }
     if let Some(v) = &f.max_header_bytes {
-        rt.head_limits.max_bytes = super::parse_size(v)
-            .ok()
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| *n >= 1024)
-            .ok_or_else(|| flag_err("--max-header-bytes", "must be a size of at least 1KiB"))?;
+        rt.head_limits.max_bytes =
+            super::units::head_bytes_limit(v).map_err(|m| flag_err("--max-header-bytes", m))?;
     }
     if let Some(v) = &f.max_body_bytes {
-        rt.max_body = Some(super::parse_size(v).map_err(|m| flag_err("--max-body-bytes", m))?)
-            .filter(|n| *n > 0);
+        rt.max_body = super::units::body_limit(v).map_err(|m| flag_err("--max-body-bytes", m))?;
     }
     if let Some(n) = f.max_headers {
         if n == 0 {

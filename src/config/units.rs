@@ -27,6 +27,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
+/// A request-head limit (`limits.max_header_bytes`, `--max-header-bytes`): at least 1 KiB.
+pub fn head_bytes_limit(s: &str) -> Result<usize, String> {
+    parse_size(s)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n >= 1024)
+        .ok_or_else(|| "must be a size of at least 1KiB (e.g. 64KiB)".to_owned())
+}
+
+/// A request-body limit (`limits.max_body`, `--max-body-bytes`); 0 means none.
+pub fn body_limit(s: &str) -> Result<Option<u64>, String> {
+    Ok(Some(parse_size(s)?).filter(|n| *n > 0))
+}
+
 /// The YAML error's message without the location and source snippet (we print our own).
 pub fn yaml_message(e: &serde_saphyr::Error) -> String {
     let full = e.without_snippet().to_string();

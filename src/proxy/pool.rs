@@ -356,9 +356,10 @@ impl Key {
 
 /// `Host` for an endpoint: its host, and its port unless it is the scheme's default.
 fn host_value(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
-    let default = if *scheme == Scheme::HTTPS { 443 } else { 80 };
     match authority.port_u16() {
-        Some(p) if p != default => HeaderValue::from_str(&format!("{}:{p}", authority.host())).ok(),
+        Some(p) if p != crate::routing::default_port(scheme) => {
+            HeaderValue::from_str(&format!("{}:{p}", authority.host())).ok()
+        }
         _ => HeaderValue::from_str(authority.host()).ok(),
     }
 }
@@ -380,10 +381,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// An in-memory upstream per connection: answers `200 ok` to each request head, and
-    /// closes after `close_after` answers, or when the test drops it (`kill`).
+    /// closes after `close_after` answers, or when the test drops it (`kill`). With `refuse`,
+    /// every connection attempt fails as a refused TCP connect would.
     #[derive(Clone, Default)]
     struct Upstream {
         connects: Arc<AtomicUsize>,
+        refuse: bool,
         close_after: Option<usize>,
         /// Each connection's kill switch: dropping one closes that server side.
         kill: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>>,
@@ -405,6 +408,14 @@ mod tests {
 
         fn call(&mut self, _: Uri) -> Self::Future {
             self.connects.fetch_add(1, Relaxed);
+            if self.refuse {
+                return Box::pin(async {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "refused",
+                    ))
+                });
+            }
             let (client, server) = tokio::io::duplex(64 * 1024);
             let (kill_tx, kill_rx) = tokio::sync::oneshot::channel();
             self.kill.lock().expect("lock").push(kill_tx);
@@ -523,33 +534,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_fresh_connection_is_not_retried() {
-        #[derive(Clone)]
-        struct Refuse;
-        impl Service<Uri> for Refuse {
-            type Response = TokioIo<DuplexStream>;
-            type Error = std::io::Error;
-            type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-            fn poll_ready(
-                &mut self,
-                _: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-            fn call(&mut self, _: Uri) -> Self::Future {
-                Box::pin(async {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
-                        "refused",
-                    ))
-                })
-            }
-        }
-        let p: Pool<Empty<Bytes>, Refuse> = Pool::new(Refuse, PoolConfig::default());
+        let up = Upstream {
+            refuse: true,
+            ..Default::default()
+        };
+        let p = pool(&up, PoolConfig::default());
         let (s, a) = endpoint();
         let e = p.send(&s, &a, Request::new(Empty::new())).await;
         let e = e.expect_err("refused");
         assert!(e.is_connect());
         assert_eq!(crate::proxy::error_chain(&e), "connect failed: refused");
+        assert_eq!(up.connects.load(Relaxed), 1, "one attempt, no retry");
     }
 
     #[tokio::test]

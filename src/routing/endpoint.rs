@@ -43,6 +43,15 @@ impl Default for OutlierPolicy {
     }
 }
 
+/// The port an endpoint of this scheme has when its address gives none (443 for https).
+pub fn default_port(scheme: &Scheme) -> u16 {
+    if *scheme == Scheme::HTTPS {
+        443
+    } else {
+        80
+    }
+}
+
 /// One address of a service, with the labels subsets select on.
 #[derive(Debug)]
 pub struct Endpoint {

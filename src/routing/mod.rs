@@ -13,7 +13,7 @@ mod endpoint;
 mod matching;
 
 pub use action::{sample_hash, HeaderOps, RetryOn, RetryPolicy, Rewrite, RouteAction, Sampling};
-pub use endpoint::{Endpoint, EndpointSet, Health, LbPolicy, OutlierPolicy};
+pub use endpoint::{default_port, Endpoint, EndpointSet, Health, LbPolicy, OutlierPolicy};
 pub use matching::{MatchBlock, RequestView, StringMatch};
 
 use std::sync::Arc;

@@ -256,7 +256,7 @@ struct Importer<'a, 'm> {
     shadow: ShadowSettings,
     /// Service name → the host it was made for: a host's first label names its services
     /// unless another host took that name first (then the whole host name does).
-    names: HashMap<String, String>,
+    service_hosts: HashMap<String, String>,
 }
 
 impl Importer<'_, '_> {
@@ -485,11 +485,11 @@ impl Importer<'_, '_> {
         }
         let subset_name = dest.subset.as_ref().map(|s| s.value.clone());
         let first_label = host.split('.').next().unwrap_or(&host).to_owned();
-        let short = match self.names.get(&first_label) {
+        let short = match self.service_hosts.get(&first_label) {
             Some(owner) if *owner != host => host.clone(),
             _ => first_label,
         };
-        self.names
+        self.service_hosts
             .entry(short.clone())
             .or_insert_with(|| host.clone());
         let mut name = match &subset_name {
@@ -856,7 +856,7 @@ pub fn build(
         docs: &docs,
         request_timeout: common.request_timeout,
         shadow,
-        names: HashMap::new(),
+        service_hosts: HashMap::new(),
     };
     let mut vhosts = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();

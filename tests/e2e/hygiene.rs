@@ -14,6 +14,19 @@ async fn status_line(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
         .to_owned()
 }
 
+/// Neither upstream receives anything more: 200 ms for the primary (the proxy would have
+/// forwarded by then), 50 ms more for the shadow (copies go after the primary's).
+async fn nothing_more_reached(primary: &Upstream, shadow: &Upstream) {
+    assert!(primary
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    assert!(shadow
+        .next_within(Duration::from_millis(50))
+        .await
+        .is_none());
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_requests_are_refused_before_any_upstream() {
     let primary = Upstream::start(Behavior::Answer("v1")).await;
@@ -116,14 +129,7 @@ async fn malformed_and_oversized_requests_are_refused_before_any_upstream() {
         );
     }
     // None of them reached an upstream.
-    assert!(primary
-        .next_within(Duration::from_millis(200))
-        .await
-        .is_none());
-    assert!(shadow
-        .next_within(Duration::from_millis(50))
-        .await
-        .is_none());
+    nothing_more_reached(&primary, &shadow).await;
     proxy.stop().await;
 }
 
@@ -167,14 +173,7 @@ async fn ambiguous_framing_is_refused_and_nothing_after_it_is_read() {
     );
     assert_eq!(primary.next().await.target, "/first");
     assert_eq!(shadow.next().await.target, "/first");
-    assert!(primary
-        .next_within(Duration::from_millis(200))
-        .await
-        .is_none());
-    assert!(shadow
-        .next_within(Duration::from_millis(50))
-        .await
-        .is_none());
+    nothing_more_reached(&primary, &shadow).await;
     proxy.stop().await;
 }
 

@@ -1,8 +1,9 @@
 //! HTTP/2 with a real client (python `h2`, tests/h2/h2_client.py): rapid reset
 //! (CVE-2023-44487), many concurrent streams, flow control both ways.
 //!
-//! CI installs `h2` (pip) and sets `MIRRORCTL_REQUIRE_H2=1`, so these run there; elsewhere
-//! they say they were skipped when the module is missing.
+//! CI installs `h2` (pip, or Debian's python3-h2) and sets `MIRRORCTL_REQUIRE_H2=1`, so these
+//! run there; elsewhere they say they were skipped when the module is missing. The interpreter
+//! is `python3`, or `MIRRORCTL_PYTHON` when set.
 
 use std::time::Duration;
 
@@ -10,8 +11,12 @@ use http::StatusCode;
 
 use crate::support::*;
 
+fn python() -> String {
+    std::env::var("MIRRORCTL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 fn python_h2() -> bool {
-    let ok = std::process::Command::new("python3")
+    let ok = std::process::Command::new(python())
         .args(["-c", "import h2"])
         .output()
         .is_ok_and(|o| o.status.success());
@@ -28,7 +33,7 @@ fn python_h2() -> bool {
 /// Run the client in `mode` against `addr`; its JSON report.
 async fn h2_client(mode: &str, addr: std::net::SocketAddr) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2/h2_client.py");
-    let child = tokio::process::Command::new("python3")
+    let child = tokio::process::Command::new(python())
         .args([script, mode, "127.0.0.1", &addr.port().to_string()])
         .kill_on_drop(true)
         .output();

@@ -792,7 +792,7 @@ fn forward_and_check(table: &Table, client: &ClientHead, peer: IpAddr) {
             Some(s) => format!("route `{}`, mirror `{s}`", route.name),
             None => format!("route `{}`, primary", route.name),
         };
-        let (wire, sent) = write_like_hyper(head.method.clone(), head.uri.clone(), head.headers);
+        let (wire, sent) = write_like_pool(head.method.clone(), head.uri.clone(), head.headers);
         let parsed = reparse(&wire).unwrap_or_else(|e| {
             panic!(
                 "{what}: the upstream head does not parse ({e}):\n{}",
@@ -893,53 +893,34 @@ fn intended_target(pq: &PathAndQuery) -> String {
     }
 }
 
-/// The upstream pool (`proxy::pool`, as hyper-util's legacy client did: a `Host` from the URI
-/// when none is set, the request-target form) then hyper's HTTP/1.1 encoder (request line,
-/// `name: value` lines in map order).
-fn write_like_hyper(method: Method, mut uri: Uri, mut headers: HeaderMap) -> (Vec<u8>, HeaderMap) {
+/// What the upstream pool writes (`proxy::pool` then `proxy::h1`): a `Host` from the endpoint
+/// when none is set, the origin-form target, the head as the codec encodes it (request line,
+/// `name: value` lines in map order, `content-length: 0` for a bodiless POST/PUT/PATCH).
+fn write_like_pool(method: Method, uri: Uri, mut headers: HeaderMap) -> (Vec<u8>, HeaderMap) {
     if !headers.contains_key(header::HOST) {
-        if let Some(host) = uri.host() {
-            let v = match uri.port_u16() {
-                Some(p) if p != 80 => HeaderValue::from_str(&format!("{host}:{p}")),
-                _ => HeaderValue::from_str(host),
-            };
-            if let Ok(v) = v {
+        if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+            if let Some(v) = crate::proxy::pool::host_value(scheme, authority) {
                 headers.insert(header::HOST, v);
             }
         }
     }
-    uri = if method == Method::CONNECT {
-        match uri.authority() {
-            Some(a) => {
-                let mut p = http::uri::Parts::default();
-                p.authority = Some(a.clone());
-                Uri::from_parts(p).unwrap_or_default()
-            }
-            None => uri,
-        }
-    } else {
-        match uri.path_and_query() {
-            Some(pq) if pq.as_str() != "/" => {
-                let mut p = http::uri::Parts::default();
-                p.path_and_query = Some(pq.clone());
-                Uri::from_parts(p).unwrap_or_default()
-            }
-            _ => Uri::default(),
-        }
-    };
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut req = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    *req.method_mut() = method;
+    *req.uri_mut() = crate::proxy::pool::origin_form(&pq);
+    *req.headers_mut() = headers;
     let mut wire = Vec::new();
-    wire.extend_from_slice(method.as_str().as_bytes());
-    wire.push(b' ');
-    wire.extend_from_slice(uri.to_string().as_bytes());
-    wire.extend_from_slice(b" HTTP/1.1\r\n");
-    for (n, v) in &headers {
-        wire.extend_from_slice(n.as_str().as_bytes());
-        wire.extend_from_slice(b": ");
-        wire.extend_from_slice(v.as_bytes());
-        wire.extend_from_slice(b"\r\n");
+    crate::proxy::h1::encode_head(&mut wire, &req);
+    let (parts, _) = req.into_parts();
+    let mut sent = parts.headers;
+    let bodiless_write = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    if bodiless_write && !sent.contains_key(header::CONTENT_LENGTH) {
+        sent.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
-    wire.extend_from_slice(b"\r\n");
-    (wire, headers)
+    (wire, sent)
 }
 
 struct ParsedHead {
@@ -1110,7 +1091,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
-        let (wire, sent) = write_like_hyper(
+        let (wire, sent) = write_like_pool(
             Method::GET,
             Uri::from_static("http://127.0.0.1:9001/p?q"),
             h,
@@ -1122,7 +1103,7 @@ mod tests {
         // A value with surrounding spaces does not survive the wire: the check would see it.
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static(" padded "));
-        let (wire, _) = write_like_hyper(Method::GET, Uri::from_static("http://a:1/"), h);
+        let (wire, _) = write_like_pool(Method::GET, Uri::from_static("http://a:1/"), h);
         let p = reparse(&wire).expect("parses");
         assert!(p.headers.contains(&("x-a".to_owned(), "padded".to_owned())));
     }

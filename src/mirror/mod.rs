@@ -36,7 +36,7 @@ use crate::telemetry::{AccessLog, Entry, Metrics, MirrorOutcome};
 pub const MIRROR_HEADER: HeaderName = HeaderName::from_static("x-mirrorctl-shadow");
 
 /// The client mirrored requests go through: a pool of its own, apart from the primary's.
-pub type ShadowClient = crate::proxy::pool::Pool<ChunksBody>;
+pub type ShadowClient = crate::proxy::pool::Pool;
 
 /// How a shadow is treated; the defaults follow Envoy/Istio where they have one.
 #[derive(Debug, Clone)]

@@ -295,7 +295,7 @@ fn is_idempotent(m: &Method) -> bool {
 
 /// What one attempt ended with, before it becomes a response or a retry.
 enum Outcome {
-    Response(Response<Incoming>),
+    Response(Response<super::UpstreamBody>),
     Failed { error: ProxyError, connect: bool },
 }
 
@@ -388,7 +388,7 @@ async fn attempt(
     deadline: tokio::time::Instant,
     per_try: Option<Duration>,
     ctx: &mut LogCtx,
-) -> Result<Response<Incoming>, Failed> {
+) -> Result<Response<super::UpstreamBody>, Failed> {
     match try_once(state, service, req, pq, deadline, per_try, ctx).await {
         Outcome::Response(r) => Ok(r),
         Outcome::Failed { error, .. } => Err((error, ctx.cloned())),
@@ -403,7 +403,7 @@ async fn with_retries(
     deadline: tokio::time::Instant,
     policy: &RetryPolicy,
     ctx: &mut LogCtx,
-) -> Result<Response<Incoming>, Failed> {
+) -> Result<Response<super::UpstreamBody>, Failed> {
     let mut tries_left = policy.attempts;
     loop {
         let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod guard;
+pub mod h1;
 mod handler;
 pub mod headers;
 pub mod pool;
@@ -23,7 +24,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -33,20 +33,22 @@ use crate::mirror::{MirrorContext, TeeBody};
 use crate::routing::Table;
 use crate::telemetry::{AccessLog, Metrics};
 
+/// An upstream response's body, streamed from its connection.
+pub type UpstreamBody = h1::UpstreamBody<h1::UpstreamIo>;
+
 /// What the client receives: the primary's streamed body (observed when compared), or a
 /// short local answer.
-pub type ProxyBody = Either<crate::compare::CaptureBody<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<crate::compare::CaptureBody<UpstreamBody>, Full<Bytes>>;
 
 /// A primary request's body: the client's, streamed through the mirror tee, or empty for a
 /// request that may be retried.
 pub type PrimaryBody =
     Either<TeeBody<crate::body::ClientBody<Incoming>>, http_body_util::Empty<Bytes>>;
 
-/// How upstream connections are made: TCP, then TLS for `https://` endpoints.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub use h1::Connector;
 
 /// The primary's pooled client.
-pub type PrimaryClient = pool::Pool<PrimaryBody>;
+pub type PrimaryClient = pool::Pool;
 
 /// Everything a request reads. One per worker thread (its own upstream pools); the table,
 /// metrics and access log are shared by all workers.
@@ -86,15 +88,7 @@ pub struct Running {
 
 /// TCP (connect timeout, `TCP_NODELAY`), then TLS for `https://` endpoints.
 pub fn connector(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Connector {
-    let mut c = HttpConnector::new();
-    c.set_connect_timeout(Some(connect_timeout));
-    c.set_nodelay(true);
-    c.enforce_http(false);
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls.clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(c)
+    Connector::new(connect_timeout, tls)
 }
 
 /// A listening socket that several workers can each bind (the kernel spreads connections).

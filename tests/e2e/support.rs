@@ -104,7 +104,12 @@ impl Upstream {
         behavior: Behavior,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Upstream {
-        let l = TcpListener::bind(addr).await.expect("bind upstream");
+        // A server's backlog (nginx: 511), not std's 128: a burst of new connections from the
+        // proxy (256 h2 streams at once) must not be dropped and retried after a second.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("reuseaddr");
+        socket.bind(addr).expect("bind upstream");
+        let l = socket.listen(4096).expect("listen");
         let addr = l.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let count = Arc::new(AtomicUsize::new(0));

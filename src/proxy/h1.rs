@@ -258,15 +258,25 @@ impl<Io: Transport> Conn<Io> {
         sending: Option<Box<dyn SendRest<Io>>>,
         release: Release<Io>,
     ) -> Response<UpstreamBody<Io>> {
-        let reusable = head.keep_alive && sending.is_none();
+        let reusable = head.keep_alive;
         let state = match head.framing {
+            // The request is still being sent: the body (even an empty one) ends only once it
+            // is, so the client's body is read to its end (its connection stays usable) and
+            // the upstream connection can be reused after all.
+            framing if sending.is_some() => BodyState::Streaming(Box::new(Streaming {
+                conn: self,
+                decoder: Decoder::new(framing),
+                reusable,
+                sending,
+                release: Some(release),
+            })),
             BodyFraming::Empty => {
                 if reusable && self.rbuf.is_empty() {
                     release.put(self);
                 }
                 BodyState::Done
             }
-            BodyFraming::Length(n) if sending.is_none() && self.rbuf.len() as u64 >= n => {
+            BodyFraming::Length(n) if self.rbuf.len() as u64 >= n => {
                 // The whole body is here already: the connection can serve the next request.
                 let data = self.rbuf.split_to(n as usize).freeze();
                 if reusable && self.rbuf.is_empty() {
@@ -280,17 +290,9 @@ impl<Io: Transport> Conn<Io> {
             }
             framing => BodyState::Streaming(Box::new(Streaming {
                 conn: self,
-                decoder: match framing {
-                    BodyFraming::Length(n) => Decoder::Length(n),
-                    BodyFraming::Chunked => Decoder::Chunked(Chunked::Size {
-                        value: 0,
-                        digits: 0,
-                        ext: 0,
-                    }),
-                    _ => Decoder::Close,
-                },
+                decoder: Decoder::new(framing),
                 reusable,
-                sending,
+                sending: None,
                 release: Some(release),
             })),
         };
@@ -753,6 +755,21 @@ enum Decoder {
     Close,
 }
 
+impl Decoder {
+    fn new(framing: BodyFraming) -> Decoder {
+        match framing {
+            BodyFraming::Empty => Decoder::Length(0),
+            BodyFraming::Length(n) => Decoder::Length(n),
+            BodyFraming::Chunked => Decoder::Chunked(Chunked::Size {
+                value: 0,
+                digits: 0,
+                ext: 0,
+            }),
+            BodyFraming::Close => Decoder::Close,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunked {
     /// Hex digits, then extensions (counted) up to CRLF.
@@ -909,9 +926,17 @@ impl<Io: Transport> Streaming<Io> {
                     Poll::Pending => {}
                 }
             }
+            // The body has ended; it is over once the request is sent too.
+            let end = || -> Poll<Option<Result<Bytes, H1Error>>> { Poll::Ready(None) };
             let buf = &mut self.conn.rbuf;
             match &mut self.decoder {
-                Decoder::Length(0) => return Poll::Ready(None),
+                Decoder::Length(0) => {
+                    return if self.sending.is_some() {
+                        Poll::Pending
+                    } else {
+                        end()
+                    }
+                }
                 Decoder::Length(left) if !buf.is_empty() => {
                     let n = (buf.len() as u64).min(*left);
                     *left -= n;
@@ -920,7 +945,13 @@ impl<Io: Transport> Streaming<Io> {
                 Decoder::Chunked(c) if !buf.is_empty() || *c == Chunked::End => {
                     match c.decode(buf) {
                         Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
-                        Ok(None) if *c == Chunked::End => return Poll::Ready(None),
+                        Ok(None) if *c == Chunked::End => {
+                            return if self.sending.is_some() {
+                                Poll::Pending
+                            } else {
+                                end()
+                            }
+                        }
                         Ok(None) => {}
                         Err(e) => return Poll::Ready(Some(Err(e))),
                     }
@@ -936,10 +967,12 @@ impl<Io: Transport> Streaming<Io> {
                     return Poll::Ready(match self.decoder {
                         Decoder::Close => {
                             self.reusable = false;
+                            // Nothing more reaches an upstream that closed.
+                            self.sending = None;
                             None
                         }
                         _ => Some(Err(H1Error::ClosedInBody)),
-                    })
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(H1Error::Io(e)))),
@@ -988,7 +1021,9 @@ impl<Io: Transport> Body for UpstreamBody<Io> {
     fn is_end_stream(&self) -> bool {
         match &self.state {
             BodyState::Done => true,
-            BodyState::Streaming(s) => matches!(s.decoder, Decoder::Length(0)),
+            BodyState::Streaming(s) => {
+                matches!(s.decoder, Decoder::Length(0)) && s.sending.is_none()
+            }
             BodyState::Whole(_) => false,
         }
     }
@@ -1177,6 +1212,7 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream>
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Empty, Full};
+    use std::future::Future;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     fn head_of(raw: &[u8], head_request: bool) -> Result<Option<(Head, BytesMut)>, H1Error> {
@@ -1604,12 +1640,50 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&rest)
         );
-        // Such a connection is not reused.
-        let (s2, a2) = endpoint();
-        let again = pool
-            .send(&s2, &a2, request(Method::GET, &[], Empty::<Bytes>::new()))
-            .await;
-        assert!(again.is_err(), "the only connection was not given back");
+        // Request and answer both complete: the connection is kept.
+        assert_eq!(pool.idle_count(&s, &a), 1);
+    }
+
+    /// An upstream that answers in full before reading the body (nginx's `return`): the
+    /// answer's body ends only once the request body is sent, so the client's body is read
+    /// to its end and neither connection is spoiled.
+    #[tokio::test]
+    async fn a_complete_early_answer_ends_after_the_request_body() {
+        let (pool, mut server) = pool_with_one_conn();
+        let (s, a) = endpoint();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let up = tokio::spawn(async move {
+            read_until(&mut server, b"first").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("write");
+            let rest = read_until(&mut server, b"second").await;
+            (rest, server)
+        });
+        tx.send(Bytes::from_static(b"first")).await.expect("send");
+        let resp = pool
+            .send(&s, &a, request(Method::PUT, &[], Channel(rx)))
+            .await
+            .expect("head");
+        let mut body = resp.into_body();
+        let ok = body.frame().await.expect("frame").expect("ok");
+        assert_eq!(ok.into_data().expect("data"), "ok");
+        assert!(!body.is_end_stream(), "the request is still being sent");
+        {
+            let mut next = std::pin::pin!(body.frame());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(
+                next.as_mut().poll(&mut cx).is_pending(),
+                "ends after the request"
+            );
+        }
+        tx.send(Bytes::from_static(b"second")).await.expect("send");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        let (rest, _server) = up.await.expect("upstream");
+        assert!(String::from_utf8_lossy(&rest).contains("6\r\nsecond"));
+        assert_eq!(pool.idle_count(&s, &a), 1, "reusable");
     }
 
     #[tokio::test]

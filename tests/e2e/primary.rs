@@ -181,3 +181,86 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .expect("shutdown done")
         .expect("join");
 }
+
+/// An upstream that answers in full before reading the request body, then reads and discards
+/// it (nginx's `return` does this): two 64 KiB POSTs on one client connection both get the
+/// answer, the client's connection stays usable, and so does the upstream's (one connection
+/// serves both).
+#[tokio::test]
+async fn an_upstream_answering_before_the_body_keeps_both_connections_usable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let upstream = tokio::spawn(async move {
+        let mut accepted = 0;
+        let mut bodies = Vec::new();
+        // Both requests arrive on the first connection; a second accept would be a failure.
+        let (mut s, _) = l.accept().await.expect("accept");
+        accepted += 1;
+        let mut buf = Vec::new();
+        for _ in 0..2 {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 8192];
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed before a head");
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            buf.drain(..head_end);
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                .await
+                .expect("answer");
+            while buf.len() < len {
+                let mut chunk = [0u8; 8192];
+                let n = s.read(&mut chunk).await.expect("read body");
+                assert!(n > 0, "closed in a body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            bodies.push(len);
+            buf.drain(..len);
+        }
+        (accepted, bodies)
+    });
+    let proxy = Proxy::start(flags(&format!("http://{addr}"), &[])).await;
+    let mut c = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let body = vec![b'x'; 64 * 1024];
+    let mut answers = String::new();
+    for _ in 0..2 {
+        c.write_all(b"POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: 65536\r\n\r\n")
+            .await
+            .expect("head");
+        c.write_all(&body).await.expect("body");
+        // Read one whole answer (head + 5 bytes) before sending the next request.
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, async {
+            while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"early")) {
+                let mut chunk = [0u8; 4096];
+                let n = c.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "the proxy closed the client's connection: {got:?}");
+                got.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("answer before the deadline");
+        answers.push_str(&String::from_utf8_lossy(&got));
+    }
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+    let (accepted, bodies) = tokio::time::timeout(DEADLINE, upstream)
+        .await
+        .expect("upstream done")
+        .expect("upstream");
+    assert_eq!((accepted, bodies), (1, vec![65536, 65536]));
+    proxy.stop().await;
+}

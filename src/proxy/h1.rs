@@ -731,8 +731,45 @@ fn trim_ows(b: &[u8]) -> &[u8] {
 
 /// An upstream response's body, read from its connection as it is polled. Dropped before
 /// its end, the connection is closed; read to its end cleanly, it goes back to the pool.
-pub struct UpstreamBody<Io> {
+///
+/// Dropped after its last byte while the request body is still being sent (hyper's server
+/// drops a body once its `content-length` is written, and at once for an empty one), the rest
+/// of the request body is sent on a task of its own: the client's body is read to its end (its
+/// connection stays usable) and the upstream connection goes back to the pool.
+pub struct UpstreamBody<Io: Transport> {
     state: BodyState<Io>,
+}
+
+impl<Io: Transport> Drop for UpstreamBody<Io> {
+    fn drop(&mut self) {
+        let BodyState::Streaming(s) = &self.state else {
+            return;
+        };
+        if s.sending.is_none() || !s.decoder.finished() {
+            return;
+        }
+        let BodyState::Streaming(s) = std::mem::replace(&mut self.state, BodyState::Done) else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(finish_sending(*s));
+        }
+    }
+}
+
+/// The rest of a request whose answer was read in full, then its connection back to the pool.
+async fn finish_sending<Io: Transport>(mut s: Streaming<Io>) {
+    let Some(mut sending) = s.sending.take() else {
+        return;
+    };
+    let sent = poll_fn(|cx| sending.poll_rest(&mut s.conn.io, cx))
+        .await
+        .is_ok();
+    if sent && s.reusable && s.conn.rbuf.is_empty() {
+        if let Some(r) = s.release.take() {
+            r.put(s.conn);
+        }
+    }
 }
 
 enum BodyState<Io> {
@@ -756,6 +793,11 @@ enum Decoder {
 }
 
 impl Decoder {
+    /// The whole body has been decoded.
+    fn finished(&self) -> bool {
+        matches!(self, Decoder::Length(0) | Decoder::Chunked(Chunked::End))
+    }
+
     fn new(framing: BodyFraming) -> Decoder {
         match framing {
             BodyFraming::Empty => Decoder::Length(0),
@@ -1040,7 +1082,7 @@ impl<Io: Transport> Body for UpstreamBody<Io> {
     }
 }
 
-impl<Io> std::fmt::Debug for UpstreamBody<Io> {
+impl<Io: Transport> std::fmt::Debug for UpstreamBody<Io> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("UpstreamBody")
     }
@@ -1683,6 +1725,46 @@ mod tests {
         assert!(body.frame().await.is_none());
         let (rest, _server) = up.await.expect("upstream");
         assert!(String::from_utf8_lossy(&rest).contains("6\r\nsecond"));
+        assert_eq!(pool.idle_count(&s, &a), 1, "reusable");
+    }
+
+    /// The same, with the answer's body dropped after its last byte (as hyper's server does
+    /// once the `content-length` is written): the rest of the request is still sent, and the
+    /// connection comes back to the pool.
+    #[tokio::test]
+    async fn a_dropped_complete_answer_still_sends_the_rest_of_the_request() {
+        let (pool, mut server) = pool_with_one_conn();
+        let (s, a) = endpoint();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let up = tokio::spawn(async move {
+            read_until(&mut server, b"first").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("write");
+            let rest = read_until(&mut server, b"0\r\n\r\n").await;
+            (rest, server)
+        });
+        tx.send(Bytes::from_static(b"first")).await.expect("send");
+        let resp = pool
+            .send(&s, &a, request(Method::PUT, &[], Channel(rx)))
+            .await
+            .expect("head");
+        let mut body = resp.into_body();
+        let ok = body.frame().await.expect("frame").expect("ok");
+        assert_eq!(ok.into_data().expect("data"), "ok");
+        drop(body);
+        tx.send(Bytes::from_static(b"second")).await.expect("send");
+        drop(tx);
+        let (rest, _server) = up.await.expect("upstream");
+        assert!(String::from_utf8_lossy(&rest).contains("6\r\nsecond\r\n0\r\n\r\n"));
+        // The finishing task gives the connection back (bounded wait: it runs on this runtime).
+        for _ in 0..100 {
+            if pool.idle_count(&s, &a) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         assert_eq!(pool.idle_count(&s, &a), 1, "reusable");
     }
 

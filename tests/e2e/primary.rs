@@ -183,9 +183,9 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 }
 
 /// An upstream that answers in full before reading the request body, then reads and discards
-/// it (nginx's `return` does this): two 64 KiB POSTs on one client connection both get the
-/// answer, the client's connection stays usable, and so does the upstream's (one connection
-/// serves both).
+/// it (nginx's `return` does this): two 64 KiB POSTs on one client connection, each with the
+/// second half of its body sent only after the whole answer arrived: both get the answer on the
+/// one client connection (it stays usable) and both bodies reach the upstream whole.
 #[tokio::test]
 async fn an_upstream_answering_before_the_body_keeps_both_connections_usable() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -193,43 +193,50 @@ async fn an_upstream_answering_before_the_body_keeps_both_connections_usable() {
         .await
         .expect("bind");
     let addr = l.local_addr().expect("addr");
+    let (bodies_tx, mut bodies) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let upstream = tokio::spawn(async move {
-        let mut accepted = 0;
-        let mut bodies = Vec::new();
-        // Both requests arrive on the first connection; a second accept would be a failure.
-        let (mut s, _) = l.accept().await.expect("accept");
-        accepted += 1;
-        let mut buf = Vec::new();
-        for _ in 0..2 {
-            let head_end = loop {
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break i + 4;
-                }
-                let mut chunk = [0u8; 8192];
-                let n = s.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "closed before a head");
-                buf.extend_from_slice(&chunk[..n]);
+        // Connections in turn or at once: the proxy may open a second one while the first
+        // is still taking the rest of a body.
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
             };
-            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("content-length");
-            buf.drain(..head_end);
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
-                .await
-                .expect("answer");
-            while buf.len() < len {
-                let mut chunk = [0u8; 8192];
-                let n = s.read(&mut chunk).await.expect("read body");
-                assert!(n > 0, "closed in a body");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            bodies.push(len);
-            buf.drain(..len);
+            let bodies_tx = bodies_tx.clone();
+            conns.spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 8192];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .expect("content-length");
+                    buf.drain(..head_end);
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                        .await
+                        .expect("answer");
+                    while buf.len() < len {
+                        let mut chunk = [0u8; 8192];
+                        let n = s.read(&mut chunk).await.expect("read body");
+                        assert!(n > 0, "closed in a body");
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let _ = bodies_tx.send(len);
+                    buf.drain(..len);
+                }
+            });
         }
-        (accepted, bodies)
     });
     let proxy = Proxy::start(flags(&format!("http://{addr}"), &[])).await;
     let mut c = tokio::net::TcpStream::connect(proxy.addr)
@@ -241,8 +248,8 @@ async fn an_upstream_answering_before_the_body_keeps_both_connections_usable() {
         c.write_all(b"POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: 65536\r\n\r\n")
             .await
             .expect("head");
-        c.write_all(&body).await.expect("body");
-        // Read one whole answer (head + 5 bytes) before sending the next request.
+        // Half the body; the whole answer comes back before the other half is sent.
+        c.write_all(&body[..32 * 1024]).await.expect("body");
         let mut got = Vec::new();
         tokio::time::timeout(DEADLINE, async {
             while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"early")) {
@@ -254,13 +261,19 @@ async fn an_upstream_answering_before_the_body_keeps_both_connections_usable() {
         })
         .await
         .expect("answer before the deadline");
+        c.write_all(&body[32 * 1024..])
+            .await
+            .expect("rest of the body");
         answers.push_str(&String::from_utf8_lossy(&got));
     }
     assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
-    let (accepted, bodies) = tokio::time::timeout(DEADLINE, upstream)
-        .await
-        .expect("upstream done")
-        .expect("upstream");
-    assert_eq!((accepted, bodies), (1, vec![65536, 65536]));
+    // Both bodies reached the upstream whole.
+    for _ in 0..2 {
+        let len = tokio::time::timeout(DEADLINE, bodies.recv())
+            .await
+            .expect("a body before the deadline");
+        assert_eq!(len, Some(65536));
+    }
+    upstream.abort();
     proxy.stop().await;
 }

@@ -467,6 +467,14 @@ fn check_route_use(
 // Upstream request heads.
 
 /// A client request head through the primary path's header pipeline, then on the wire.
+/// An upstream's answer read by the proxy's HTTP/1.1 codec (`proxy::h1`): input is a split
+/// selector byte, a flags byte (bit 0: the request was HEAD), then the bytes the upstream sent.
+/// Checked: no panic; the same head, body and error-ness whether the bytes come whole or in two
+/// pieces; never more body than input.
+pub fn upstream_response(data: &[u8]) {
+    crate::proxy::h1::fuzz_response(data);
+}
+
 pub fn upstream_headers(data: &[u8]) {
     let (head, ops) = match find(data, b"\n\n") {
         Some(i) => (&data[..i], Some(&data[i + 2..])),

@@ -1250,6 +1250,84 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream>
     })
 }
 
+/// The fuzz target `upstream_response` (see `crate::fuzzing`): an upstream's answer, bytes as
+/// they come, read by this codec's head parser and body decoder. Input: a split selector, a
+/// HEAD flag, then the bytes. Checked: nothing panics; reading them in two pieces (split where
+/// the selector says) gives the same head, the same body bytes and the same error-ness as
+/// reading them whole; no more body bytes than input bytes.
+pub(crate) fn fuzz_response(data: &[u8]) {
+    let [sel, flags, wire @ ..] = data else {
+        return;
+    };
+    let head_request = flags & 1 == 1;
+    let split = usize::from(*sel).min(wire.len());
+    let whole = read_response(&[wire], head_request);
+    let pieces = read_response(&[&wire[..split], &wire[split..]], head_request);
+    assert_eq!(whole, pieces, "split at {split}");
+    if let Ok(Some((_, body, _))) = &whole {
+        assert!(body.len() <= wire.len());
+    }
+}
+
+/// What reading these pieces in turn gave: the head (status, fields, framing), the body bytes
+/// decoded, whether the body ended; or that it failed.
+type ReadOutcome = Result<Option<(String, Vec<u8>, bool)>, ()>;
+
+fn read_response(pieces: &[&[u8]], head_request: bool) -> ReadOutcome {
+    let mut buf = BytesMut::new();
+    let mut head = None;
+    let mut decoder = None;
+    let mut body = Vec::new();
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        if head.is_none() {
+            match parse_head(&mut buf, head_request) {
+                Ok(Some(h)) => {
+                    let fields: Vec<String> = h
+                        .headers
+                        .iter()
+                        .map(|(n, v)| format!("{n}={:?}", v.as_bytes()))
+                        .collect();
+                    head = Some(format!(
+                        "{} {:?} {:?} ka={} {}",
+                        h.status,
+                        h.version,
+                        h.framing,
+                        h.keep_alive,
+                        fields.join(",")
+                    ));
+                    decoder = Some(Decoder::new(h.framing));
+                }
+                Ok(None) if buf.len() >= MAX_HEAD_BYTES => return Err(()),
+                Ok(None) => continue,
+                Err(_) => return Err(()),
+            }
+        }
+        let Some(dec) = decoder.as_mut() else {
+            continue;
+        };
+        match dec {
+            Decoder::Length(left) => {
+                let n = (buf.len() as u64).min(*left);
+                *left -= n;
+                body.extend_from_slice(&buf.split_to(n as usize));
+            }
+            Decoder::Chunked(c) => loop {
+                match c.decode(&mut buf) {
+                    Ok(Some(d)) => body.extend_from_slice(&d),
+                    Ok(None) => break,
+                    Err(_) => return Err(()),
+                }
+            },
+            Decoder::Close => body.extend_from_slice(&buf.split_to(buf.len())),
+        }
+    }
+    Ok(head.map(|h| {
+        let ended = decoder.is_some_and(|d| d.finished());
+        (h, body, ended)
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

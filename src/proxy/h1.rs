@@ -334,9 +334,16 @@ pub(crate) fn encode_head<B: Body>(buf: &mut Vec<u8>, req: &Request<B>) -> Frami
     buf.clear();
     buf.extend_from_slice(req.method().as_str().as_bytes());
     buf.push(b' ');
-    match req.uri().path_and_query().map(|p| p.as_str()) {
-        Some(t) if !t.is_empty() => buf.extend_from_slice(t.as_bytes()),
-        _ => buf.push(b'/'),
+    // Origin form: the path (`/` when empty, also before a bare query), then `?query`.
+    match req.uri().path_and_query() {
+        Some(pq) => {
+            buf.extend_from_slice(pq.path().as_bytes());
+            if let Some(q) = pq.query() {
+                buf.push(b'?');
+                buf.extend_from_slice(q.as_bytes());
+            }
+        }
+        None => buf.push(b'/'),
     }
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_length = false;

@@ -263,13 +263,9 @@ impl<Io: Transport> Conn<Io> {
             // The request is still being sent: the body (even an empty one) ends only once it
             // is, so the client's body is read to its end (its connection stays usable) and
             // the upstream connection can be reused after all.
-            framing if sending.is_some() => BodyState::Streaming(Box::new(Streaming {
-                conn: self,
-                decoder: Decoder::new(framing),
-                reusable,
-                sending,
-                release: Some(release),
-            })),
+            framing if sending.is_some() => {
+                Streaming::state(self, framing, reusable, sending, release)
+            }
             BodyFraming::Empty => {
                 if reusable && self.rbuf.is_empty() {
                     release.put(self);
@@ -288,13 +284,7 @@ impl<Io: Transport> Conn<Io> {
                     BodyState::Whole(data)
                 }
             }
-            framing => BodyState::Streaming(Box::new(Streaming {
-                conn: self,
-                decoder: Decoder::new(framing),
-                reusable,
-                sending: None,
-                release: Some(release),
-            })),
+            framing => Streaming::state(self, framing, reusable, sending, release),
         };
         let mut resp = Response::new(UpstreamBody { state });
         *resp.status_mut() = head.status;
@@ -962,6 +952,22 @@ impl Chunked {
 }
 
 impl<Io: Transport> Streaming<Io> {
+    fn state(
+        conn: Conn<Io>,
+        framing: BodyFraming,
+        reusable: bool,
+        sending: Option<Box<dyn SendRest<Io>>>,
+        release: Release<Io>,
+    ) -> BodyState<Io> {
+        BodyState::Streaming(Box::new(Streaming {
+            conn,
+            decoder: Decoder::new(framing),
+            reusable,
+            sending,
+            release: Some(release),
+        }))
+    }
+
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
         loop {
             if let Some(s) = self.sending.as_mut() {
@@ -1771,11 +1777,16 @@ mod tests {
         assert_eq!(pool.idle_count(&s, &a), 1);
     }
 
-    /// An upstream that answers in full before reading the body (nginx's `return`): the
-    /// answer's body ends only once the request body is sent, so the client's body is read
-    /// to its end and neither connection is spoiled.
-    #[tokio::test]
-    async fn a_complete_early_answer_ends_after_the_request_body() {
+    /// A PUT whose body the test feeds (`first` sent), to an upstream that answers `200 ok` in
+    /// full after `first` and then reads until `until`; returns once the client read `ok`.
+    async fn early_complete_answer(
+        until: &'static [u8],
+    ) -> (
+        TestPool,
+        tokio::sync::mpsc::Sender<Bytes>,
+        UpstreamBody<Mem>,
+        tokio::task::JoinHandle<(Vec<u8>, DuplexStream)>,
+    ) {
         let (pool, mut server) = pool_with_one_conn();
         let (s, a) = endpoint();
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -1785,7 +1796,7 @@ mod tests {
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await
                 .expect("write");
-            let rest = read_until(&mut server, b"second").await;
+            let rest = read_until(&mut server, until).await;
             (rest, server)
         });
         tx.send(Bytes::from_static(b"first")).await.expect("send");
@@ -1796,6 +1807,16 @@ mod tests {
         let mut body = resp.into_body();
         let ok = body.frame().await.expect("frame").expect("ok");
         assert_eq!(ok.into_data().expect("data"), "ok");
+        (pool, tx, body, up)
+    }
+
+    /// An upstream that answers in full before reading the body (nginx's `return`): the
+    /// answer's body ends only once the request body is sent, so the client's body is read
+    /// to its end and neither connection is spoiled.
+    #[tokio::test]
+    async fn a_complete_early_answer_ends_after_the_request_body() {
+        let (pool, tx, mut body, up) = early_complete_answer(b"second").await;
+        let (s, a) = endpoint();
         assert!(!body.is_end_stream(), "the request is still being sent");
         {
             let mut next = std::pin::pin!(body.frame());
@@ -1818,26 +1839,8 @@ mod tests {
     /// connection comes back to the pool.
     #[tokio::test]
     async fn a_dropped_complete_answer_still_sends_the_rest_of_the_request() {
-        let (pool, mut server) = pool_with_one_conn();
+        let (pool, tx, body, up) = early_complete_answer(b"0\r\n\r\n").await;
         let (s, a) = endpoint();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let up = tokio::spawn(async move {
-            read_until(&mut server, b"first").await;
-            server
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await
-                .expect("write");
-            let rest = read_until(&mut server, b"0\r\n\r\n").await;
-            (rest, server)
-        });
-        tx.send(Bytes::from_static(b"first")).await.expect("send");
-        let resp = pool
-            .send(&s, &a, request(Method::PUT, &[], Channel(rx)))
-            .await
-            .expect("head");
-        let mut body = resp.into_body();
-        let ok = body.frame().await.expect("frame").expect("ok");
-        assert_eq!(ok.into_data().expect("data"), "ok");
         drop(body);
         tx.send(Bytes::from_static(b"second")).await.expect("send");
         drop(tx);

@@ -524,80 +524,144 @@ pub enum HeadCheck {
     Refused(Refusal),
 }
 
+/// Where a field's name and value are in the head: `[name start, name end, value start,
+/// value end]`, offsets from the head's first byte.
+pub type FieldSpan = [u32; 4];
+
+/// A checked request head: its length, framing, and where its parts are (offsets into the
+/// bytes given to [`parse_request`]; the fields' spans are in the vector it was given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead {
+    pub len: usize,
+    pub body: Body,
+    pub method: (u32, u32),
+    pub target: (u32, u32),
+    /// HTTP/1.`minor`.
+    pub minor: u8,
+    /// `Connection: close` was sent.
+    pub close: bool,
+    /// `Connection: keep-alive` was sent (what keeps an HTTP/1.0 connection open).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+}
+
 /// Check one request head at the start of `bytes` (pure: no I/O).
 pub fn check_head(bytes: &[u8], limits: HeadLimits) -> HeadCheck {
+    let mut fields = Vec::new();
+    match parse_request(bytes, limits, &mut fields) {
+        Ok(Some(h)) => HeadCheck::Complete {
+            len: h.len,
+            body: h.body,
+        },
+        Ok(None) => HeadCheck::Partial,
+        Err(r) => HeadCheck::Refused(r),
+    }
+}
+
+/// Parse and check one request head at the start of `bytes`: `None` while it is incomplete
+/// (and within the limits). `fields` receives where each header field is.
+pub fn parse_request(
+    bytes: &[u8],
+    limits: HeadLimits,
+    fields: &mut Vec<FieldSpan>,
+) -> Result<Option<RequestHead>, Refusal> {
     use std::mem::MaybeUninit;
     const ON_STACK: usize = 128;
     // Uninitialised slots: httparse writes the ones it uses (zeroing 4 KiB of slots per head
     // was a measurable part of the guard's cost).
     if limits.max_headers <= ON_STACK {
         let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; ON_STACK];
-        check_with(bytes, limits, &mut headers[..limits.max_headers])
+        check_with(bytes, limits, &mut headers[..limits.max_headers], fields)
     } else {
         let mut headers = Vec::with_capacity(limits.max_headers);
         headers.resize_with(limits.max_headers, MaybeUninit::uninit);
-        check_with(bytes, limits, &mut headers)
+        check_with(bytes, limits, &mut headers, fields)
     }
+}
+
+fn span(base: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
 }
 
 fn check_with<'b>(
     bytes: &'b [u8],
     limits: HeadLimits,
     headers: &mut [std::mem::MaybeUninit<httparse::Header<'b>>],
-) -> HeadCheck {
+    fields: &mut Vec<FieldSpan>,
+) -> Result<Option<RequestHead>, Refusal> {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(bytes, headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if bytes.len() <= limits.max_bytes {
-                return HeadCheck::Partial;
+                return Ok(None);
             }
-            return HeadCheck::Refused(too_large(bytes, limits.max_bytes));
+            return Err(too_large(bytes, limits.max_bytes));
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return HeadCheck::Refused(Refusal::HeadTooLarge("too many header fields"))
+            return Err(Refusal::HeadTooLarge("too many header fields"))
         }
-        Err(e) => return HeadCheck::Refused(Refusal::Malformed(malformed_reason(e))),
+        Err(e) => return Err(Refusal::Malformed(malformed_reason(e))),
     };
     if len > limits.max_bytes {
-        return HeadCheck::Refused(too_large(bytes, limits.max_bytes));
+        return Err(too_large(bytes, limits.max_bytes));
     }
-    let http11 = req.version == Some(1);
+    let minor = req.version.unwrap_or(1);
+    let http11 = minor == 1;
     let mut length: Option<u64> = None;
     let mut te = false;
+    let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
+    fields.clear();
     for h in req.headers.iter() {
+        let (n0, n1) = span(bytes, h.name.as_bytes());
+        let (v0, v1) = span(bytes, h.value);
+        fields.push([n0, n1, v0, v1]);
         if h.name.eq_ignore_ascii_case("content-length") {
             if length.is_some() {
-                return HeadCheck::Refused(Refusal::Malformed("more than one Content-Length"));
+                return Err(Refusal::Malformed("more than one Content-Length"));
             }
             match parse_length(h.value) {
                 Some(n) => length = Some(n),
-                None => return HeadCheck::Refused(Refusal::Malformed("invalid Content-Length")),
+                None => return Err(Refusal::Malformed("invalid Content-Length")),
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             if te {
-                return HeadCheck::Refused(Refusal::Malformed("more than one Transfer-Encoding"));
+                return Err(Refusal::Malformed("more than one Transfer-Encoding"));
             }
             te = true;
             if !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
-                return HeadCheck::Refused(Refusal::Malformed(
-                    "Transfer-Encoding other than chunked",
-                ));
+                return Err(Refusal::Malformed("Transfer-Encoding other than chunked"));
             }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(trim_ows) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue");
         }
     }
     let body = match (te, length) {
-        (true, Some(_)) => {
-            return HeadCheck::Refused(Refusal::Malformed("Content-Length with Transfer-Encoding"))
-        }
-        (true, None) if !http11 => {
-            return HeadCheck::Refused(Refusal::Malformed("Transfer-Encoding in HTTP/1.0"))
-        }
+        (true, Some(_)) => return Err(Refusal::Malformed("Content-Length with Transfer-Encoding")),
+        (true, None) if !http11 => return Err(Refusal::Malformed("Transfer-Encoding in HTTP/1.0")),
         (true, None) => Body::Chunked,
         (false, Some(0)) | (false, None) => Body::None,
         (false, Some(n)) => Body::Length(n),
     };
-    HeadCheck::Complete { len, body }
+    let method = req.method.map_or((0, 0), |m| span(bytes, m.as_bytes()));
+    let target = req.path.map_or((0, 0), |p| span(bytes, p.as_bytes()));
+    Ok(Some(RequestHead {
+        len,
+        body,
+        method,
+        target,
+        minor,
+        close,
+        keep_alive,
+        expect_continue: expect_continue && http11,
+    }))
 }
 
 /// A head over the limit: 414 when the request line alone is, 431 otherwise.

@@ -18,12 +18,11 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 
 use super::error::{error_chain, ProxyError};
 use super::guard::Refusal;
 use super::headers::{self, ClientAddr};
-use super::{PrimaryBody, ProxyBody, State};
+use super::{PrimaryBody, ProxyBody, RequestBody, State};
 use crate::body::{BodyTimeout, BodyTooLarge, ClientBody};
 use crate::compare::{ms_since, Capture, CaptureBody, PrimaryCapture};
 use crate::mirror::{MirrorBody, MirrorMeta, MirrorRequest, PendingMirror, Tee, TeeBody};
@@ -34,14 +33,14 @@ const PRIMARY: &str = "primary";
 
 pub async fn handle(
     state: Arc<State>,
-    req: Request<Incoming>,
-    client: &ClientAddr,
+    req: Request<RequestBody>,
+    client: ClientAddr,
     refused: Option<Refusal>,
     scheme: &'static str,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     state.metrics.in_flight.inc();
-    let resp = match forward(&state, req, client, start, refused, scheme).await {
+    let resp = match forward(&state, req, &client, start, refused, scheme).await {
         Ok(r) => r,
         Err((e, ctx)) => {
             log_primary(
@@ -79,7 +78,7 @@ type Failed = (ProxyError, LogCtx);
 
 async fn forward(
     state: &State,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: &ClientAddr,
     start: Instant,
     refused: Option<Refusal>,

@@ -40,10 +40,13 @@ pub type UpstreamBody = h1::UpstreamBody<h1::UpstreamIo>;
 /// short local answer.
 pub type ProxyBody = Either<crate::compare::CaptureBody<UpstreamBody>, Full<Bytes>>;
 
+/// A client's request body: read by our HTTP/1.1 server, or hyper's HTTP/2 stream.
+pub type RequestBody = Either<h1::server::IncomingBody, Incoming>;
+
 /// A primary request's body: the client's, streamed through the mirror tee, or empty for a
 /// request that may be retried.
 pub type PrimaryBody =
-    Either<TeeBody<crate::body::ClientBody<Incoming>>, http_body_util::Empty<Bytes>>;
+    Either<TeeBody<crate::body::ClientBody<RequestBody>>, http_body_util::Empty<Bytes>>;
 
 pub use h1::Connector;
 

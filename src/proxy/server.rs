@@ -1,22 +1,31 @@
-//! The accept loop: HTTP/1.1 (keep-alive) and HTTP/2 (prior knowledge, h2c) on one port.
+//! The accept loop: HTTP/1.1 (keep-alive, our own server: [`super::h1::server`]) and HTTP/2
+//! (prior knowledge, h2c, or ALPN `h2` over TLS; hyper's) on one port.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::Either;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::guard::{ConnGuard, GuardedIo, Protocol};
+use super::h1::server::{self as h1, SplitIo};
 use super::headers::ClientAddr;
 use super::tls::ServerTls;
 use super::{handler, State};
 
-/// How long a client may take to send a request head (slowloris guard; nginx: 60 s).
+/// How long a client may take to send its first request head (slowloris guard; nginx: 60 s).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a kept-alive HTTP/1.1 connection may stay idle (nginx's `keepalive_timeout`).
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub async fn serve(
     listener: TcpListener,
@@ -25,14 +34,15 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
 ) {
-    let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new()).max_concurrent_streams(256);
-    let builder = Builders { h1, h2 };
-    let graceful = GracefulShutdown::new();
+    let settings = h1::Settings {
+        limits: state.head_limits,
+        first_head: HEADER_READ_TIMEOUT,
+        keep_alive: KEEP_ALIVE_TIMEOUT,
+    };
+    // Every connection task holds a sender: all are gone when the last connection ends.
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
     loop {
         // A free connection slot first: at the cap, new clients wait in the kernel's backlog.
         let slot = tokio::select! {
@@ -55,21 +65,26 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let conn = Conn {
+            state: state.clone(),
+            h2: h2.clone(),
+            settings,
+            stop: stop.clone(),
+            peer,
+        };
         let tls = tls.clone();
+        let alive = alive.clone();
         state.metrics.connections.inc();
         tokio::spawn(async move {
-            let metrics = state.metrics.clone();
+            let metrics = conn.state.metrics.clone();
             match tls {
-                None => serve_io(builder, watcher, stream, state, peer, "http").await,
+                None => conn.serve(stream, "http").await,
                 Some(tls) => {
                     let hs =
                         tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor().accept(stream))
                             .await;
                     match hs {
-                        Ok(Ok(s)) => serve_io(builder, watcher, s, state, peer, "https").await,
+                        Ok(Ok(s)) => conn.serve(s, "https").await,
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -77,10 +92,13 @@ pub async fn serve(
             }
             metrics.connections.dec();
             drop(slot);
+            drop(alive);
         });
     }
     drop(listener);
-    if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
+    drop(alive);
+    // Connections finish their request in flight and close (idle ones at once).
+    if tokio::time::timeout(shutdown_timeout, all_done.recv())
         .await
         .is_err()
     {
@@ -91,51 +109,157 @@ pub async fn serve(
     }
 }
 
-/// hyper's server settings, HTTP/1.1 and HTTP/2.
-#[derive(Clone)]
-struct Builders {
-    h1: http1::Builder,
+/// What one client connection is served with.
+struct Conn {
+    state: Arc<State>,
     h2: http2::Builder<TokioExecutor>,
+    settings: h1::Settings,
+    stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
 }
 
-/// One client connection (plain, or TLS after its handshake): every request head checked by
-/// the guard, then hyper's HTTP/1.1 or HTTP/2 (prior knowledge, or ALPN `h2` over TLS: both
-/// start with the preface).
-async fn serve_io<I>(
-    builder: Builders,
-    watcher: hyper_util::server::graceful::Watcher,
-    io: I,
-    state: Arc<State>,
-    peer: std::net::SocketAddr,
-    scheme: &'static str,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let guard = Arc::new(ConnGuard::default());
-    let mut io = GuardedIo::new(io, guard.clone(), state.head_limits);
-    // A client that connects and says nothing is dropped like one that stalls its head.
-    let Ok(protocol) = tokio::time::timeout(HEADER_READ_TIMEOUT, io.sniff()).await else {
-        tracing::debug!(%peer, "nothing sent before the header timeout");
-        return;
-    };
-    // Formatted once: every request of this connection appends it to `x-forwarded-for`.
-    let client = ClientAddr::from(peer.ip());
-    let svc = service_fn(move |req| {
-        let state = state.clone();
-        let refused = guard.next_request();
-        let client = client.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                handler::handle(state, req, &client, refused, scheme).await,
-            )
+impl Conn {
+    /// One client connection (plain, or TLS after its handshake): HTTP/1.1 by our server, or
+    /// HTTP/2 by hyper's when it starts with the preface.
+    async fn serve<I: SplitIo>(self, mut io: I, scheme: &'static str) {
+        let Conn {
+            state,
+            h2,
+            settings,
+            mut stop,
+            peer,
+        } = self;
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        // A client that connects and says nothing is dropped like one that stalls its head.
+        let Ok(Ok(http2)) =
+            tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&mut io, &mut buf)).await
+        else {
+            tracing::debug!(%peer, "nothing sent before the header timeout");
+            return;
+        };
+        // Formatted once: every request of this connection appends it to `x-forwarded-for`.
+        let client = ClientAddr::from(peer.ip());
+        if !http2 {
+            h1::serve_connection(io, buf, settings, stop, move |req, refused| {
+                handler::handle(
+                    state.clone(),
+                    req.map(Either::Left),
+                    client.clone(),
+                    refused,
+                    scheme,
+                )
+            })
+            .await;
+            return;
         }
-    });
-    let io = TokioIo::new(io);
-    let ended = match protocol {
-        Protocol::Http1 => watcher.watch(builder.h1.serve_connection(io, svc)).await,
-        Protocol::Http2 => watcher.watch(builder.h2.serve_connection(io, svc)).await,
-    };
-    if let Err(e) = ended {
-        tracing::debug!(error = %e, %peer, "client connection ended with an error");
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let fut = handler::handle(
+                state.clone(),
+                req.map(Either::Right),
+                client.clone(),
+                None,
+                scheme,
+            );
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        });
+        let io = TokioIo::new(Rewind {
+            prefix: buf.freeze(),
+            io,
+        });
+        let conn = h2.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            () = stopping(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, %peer, "client connection ended with an error");
+        }
+    }
+}
+
+/// Resolves when the server is told to stop (never, if the stop sender is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Read until the first bytes tell the HTTP/2 preface from an HTTP/1 request (they stay in
+/// `buf`): `Ok(true)` for HTTP/2. End of stream before any byte: an error.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if io.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            // A short start that is not the preface: HTTP/1, which answers it.
+            return Ok(false);
+        }
+    }
+}
+
+/// A stream whose first bytes were read already: they are read again first.
+struct Rewind<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -36,6 +36,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::pool::Release;
 
+pub mod server;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response head larger than this is refused (Envoy: 60 KiB; nginx: 4–8 KiB).
@@ -236,20 +238,7 @@ impl<Io: Transport> Conn<Io> {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
-            self.rbuf.reserve(self.read_size);
-        }
-        let want = self.rbuf.capacity() - self.rbuf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.rbuf
-        ))?;
-        // A body that fills every read gets larger reads, up to MAX_READ.
-        if n == want && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        fill(&mut self.io, &mut self.rbuf, &mut self.read_size, cx)
     }
 
     fn respond(
@@ -292,6 +281,25 @@ impl<Io: Transport> Conn<Io> {
         *resp.headers_mut() = head.headers;
         resp
     }
+}
+
+/// Read once into `buf`'s spare room (at least half of `read_size`); a read that fills all of
+/// it doubles `read_size`, up to [`MAX_READ`] (a body that fills every read gets larger reads).
+fn fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    read_size: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < *read_size / 2 {
+        buf.reserve(*read_size);
+    }
+    let want = buf.capacity() - buf.len();
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf))?;
+    if n == want && *read_size < MAX_READ {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(n))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -623,7 +631,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             continue;
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the proxy adds to a response without growing the map.
+        let mut headers = HeaderMap::with_capacity(count + 4);
         let mut length: Option<u64> = None;
         let mut chunked = None::<bool>;
         let mut close = false;

@@ -21,6 +21,7 @@ use http_body_util::{Either, Empty};
 
 use super::error::{error_chain, ProxyError};
 use super::guard::Refusal;
+use super::h1::server::RequestBodyError;
 use super::headers::{self, ClientAddr};
 use super::{PrimaryBody, ProxyBody, RequestBody, State};
 use crate::body::{BodyTimeout, BodyTooLarge, ClientBody};
@@ -31,6 +32,8 @@ use crate::telemetry::Entry;
 
 const PRIMARY: &str = "primary";
 
+/// One request, start to answer. (One async fn, not a wrapper around another: every level of
+/// nested future is moved whole when it starts, and these are kilobytes.)
 pub async fn handle(
     state: Arc<State>,
     req: Request<RequestBody>,
@@ -39,51 +42,10 @@ pub async fn handle(
     scheme: &'static str,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    state.metrics.in_flight.inc();
-    let resp = match forward(&state, req, &client, start, refused, scheme).await {
-        Ok(r) => r,
-        Err((e, ctx)) => {
-            log_primary(
-                &state,
-                &ctx,
-                Some(e.status().as_u16()),
-                start,
-                Some(&e.to_string()),
-            );
-            e.to_response().map(Either::Right)
-        }
-    };
-    state.metrics.in_flight.dec();
-    resp
-}
+    let _in_flight = InFlight::start(&state.metrics.in_flight);
+    let state: &State = &state;
+    let client = &client;
 
-/// What the access log needs, gathered as the request goes; cheap clones only (no allocation).
-struct LogCtx {
-    request_id: Option<HeaderValue>,
-    route: Option<Arc<str>>,
-    method: Method,
-    path: PathAndQuery,
-    upstream: Option<Authority>,
-}
-
-impl LogCtx {
-    fn upstream(&self) -> String {
-        self.upstream
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |a| a.to_string())
-    }
-}
-
-type Failed = (ProxyError, LogCtx);
-
-async fn forward(
-    state: &State,
-    req: Request<RequestBody>,
-    client: &ClientAddr,
-    start: Instant,
-    refused: Option<Refusal>,
-    scheme: &'static str,
-) -> Result<Response<ProxyBody>, Failed> {
     let (mut parts, body) = req.into_parts();
     let original_pq = parts
         .uri
@@ -99,10 +61,10 @@ async fn forward(
     };
     if let Some(why) = refused {
         // The stand-in for a head the guard refused (logged as `GET /` with the reason).
-        return Err((why.into(), ctx));
+        return fail(state, why.into(), &ctx, start);
     }
     if let Err(why) = headers::check_request(&parts) {
-        return Err((ProxyError::BadRequest(why), ctx));
+        return fail(state, ProxyError::BadRequest(why), &ctx, start);
     }
 
     // Identify.
@@ -118,11 +80,21 @@ async fn forward(
         scheme,
     };
     let Some((route, matched)) = table.select(&view) else {
-        return Err((ProxyError::NoRoute(ctx.path.to_string()), ctx));
+        return fail(
+            state,
+            ProxyError::NoRoute(ctx.path.to_string()),
+            &ctx,
+            start,
+        );
     };
     ctx.route = Some(route.name.clone());
     let Some(dest) = route.pick_destination() else {
-        return Err((ProxyError::NoRoute(ctx.path.to_string()), ctx));
+        return fail(
+            state,
+            ProxyError::NoRoute(ctx.path.to_string()),
+            &ctx,
+            start,
+        );
     };
     let service = dest.service.clone();
 
@@ -149,7 +121,7 @@ async fn forward(
     // HTTP/2 body without a length is cut where it passes the limit, below).
     if let (Some(n), Some(max)) = (declared_len, state.max_body) {
         if n > max {
-            return Err((ProxyError::BodyTooLarge(max), ctx));
+            return fail(state, ProxyError::BodyTooLarge(max), &ctx, start);
         }
     }
     let key = match &action.sampling {
@@ -225,7 +197,7 @@ async fn forward(
     let mut resp = match retry {
         None => {
             let req = Request::from_parts(parts, Either::Left(body));
-            attempt(
+            match try_once(
                 state,
                 &service,
                 req,
@@ -234,11 +206,15 @@ async fn forward(
                 None,
                 &mut ctx,
             )
-            .await?
+            .await
+            {
+                Outcome::Response(r) => r,
+                Outcome::Failed { error, .. } => return fail(state, error, &ctx, start),
+            }
         }
         Some(policy) => {
             drop(body);
-            with_retries(
+            match with_retries(
                 state,
                 &service,
                 &parts,
@@ -247,7 +223,11 @@ async fn forward(
                 policy,
                 &mut ctx,
             )
-            .await?
+            .await
+            {
+                Ok(r) => r,
+                Err((e, ctx)) => return fail(state, e, &ctx, start),
+            }
         }
     };
     headers::strip_hop_by_hop(resp.headers_mut());
@@ -268,8 +248,55 @@ async fn forward(
         }
         _ => resp.map(CaptureBody::passthrough),
     };
-    Ok(resp.map(Either::Left))
+    resp.map(Either::Left)
 }
+
+/// Counts a request in flight until dropped (answered, failed, or abandoned by its client).
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn start(g: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A request that ends in an error: logged, and answered with the error's status.
+fn fail(state: &State, e: ProxyError, ctx: &LogCtx, start: Instant) -> Response<ProxyBody> {
+    log_primary(
+        state,
+        ctx,
+        Some(e.status().as_u16()),
+        start,
+        Some(&e.to_string()),
+    );
+    e.to_response().map(Either::Right)
+}
+
+/// What the access log needs, gathered as the request goes; cheap clones only (no allocation).
+struct LogCtx {
+    request_id: Option<HeaderValue>,
+    route: Option<Arc<str>>,
+    method: Method,
+    path: PathAndQuery,
+    upstream: Option<Authority>,
+}
+
+impl LogCtx {
+    fn upstream(&self) -> String {
+        self.upstream
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string())
+    }
+}
+
+type Failed = (ProxyError, LogCtx);
 
 /// The first error of type `T` in `e`'s chain of causes.
 fn find_cause<'e, T: std::error::Error + 'static>(
@@ -356,6 +383,12 @@ async fn try_once(
                     connect: false,
                 };
             }
+            if let Some(RequestBodyError::Chunked) = find_cause::<RequestBodyError>(&e) {
+                return Outcome::Failed {
+                    error: ProxyError::BadRequest("invalid chunked request body"),
+                    connect: false,
+                };
+            }
             let reason = error_chain(&e);
             let connect = e.is_connect();
             if connect {
@@ -376,21 +409,6 @@ async fn try_once(
             },
             connect: false,
         },
-    }
-}
-
-async fn attempt(
-    state: &State,
-    service: &Service,
-    req: Request<PrimaryBody>,
-    pq: &PathAndQuery,
-    deadline: tokio::time::Instant,
-    per_try: Option<Duration>,
-    ctx: &mut LogCtx,
-) -> Result<Response<super::UpstreamBody>, Failed> {
-    match try_once(state, service, req, pq, deadline, per_try, ctx).await {
-        Outcome::Response(r) => Ok(r),
-        Outcome::Failed { error, .. } => Err((error, ctx.cloned())),
     }
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod compare;
 mod control;
 mod faults;
+mod h1;
 mod h2;
 mod hygiene;
 mod mirror;

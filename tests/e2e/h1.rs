@@ -1,0 +1,171 @@
+//! The client-facing HTTP/1.1 server on raw sockets: pipelining, HTTP/1.0 keep-alive and
+//! close, `Expect: 100-continue`, chunked request bodies, and the response framing it writes.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Read one response (head, then a `content-length` body) from `s`, keeping what follows in
+/// `buf`. `None` when the connection ends first.
+async fn response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    read_response(s, buf, false).await
+}
+
+/// [`response`], for an answer to HEAD (its `content-length` announces no body here).
+async fn head_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    read_response(s, buf, true).await
+}
+
+async fn read_response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    bodiless: bool,
+) -> Option<(String, Vec<u8>)> {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end + 4]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .filter(|_| !bodiless)
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let body = buf[end + 4..end + 4 + len].to_vec();
+                    buf.drain(..end + 4 + len);
+                    return Some((head, body));
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match s.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("a response before the deadline")
+}
+
+/// The connection ends (end of stream) before the deadline, with nothing more sent.
+async fn closes(s: &mut TcpStream, buf: &[u8]) {
+    assert!(buf.is_empty(), "unexpected bytes: {buf:?}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "unexpected bytes: {rest:?}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let primary = Upstream::start(Behavior::ByPath(std::sync::Arc::new(|p: &str| {
+        (200, "text/plain", format!("answer to {p}"))
+    })))
+    .await;
+    let proxy = Proxy::start(flags(&primary.url(), &[])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    // Three requests in one write; the last asks to close.
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n\
+          HEAD /b HTTP/1.1\r\nhost: x\r\n\r\n\
+          GET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    let (h, b) = response(&mut s, &mut buf).await.expect("first");
+    assert!(h.starts_with("http/1.1 200 ok\r\n"), "{h}");
+    assert!(h.contains("\r\ndate: "), "a date header: {h}");
+    assert!(!h.contains("connection: close"), "{h}");
+    assert_eq!(b, b"answer to /a");
+    // HEAD: the upstream's length, no body (the next response follows at once).
+    let (h, _) = head_response(&mut s, &mut buf).await.expect("second");
+    assert!(h.contains("content-length: 12"), "{h}");
+    let (h, b) = response(&mut s, &mut buf).await.expect("third");
+    assert!(h.contains("connection: close"), "{h}");
+    assert_eq!(b, b"answer to /c");
+    closes(&mut s, &buf).await;
+    let targets: Vec<String> = primary
+        .drain()
+        .await
+        .into_iter()
+        .map(|r| r.target)
+        .collect();
+    assert_eq!(targets, ["/a", "/b", "/c"]);
+}
+
+#[tokio::test]
+async fn http10_clients_get_keep_alive_only_when_they_ask() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let proxy = Proxy::start(flags(&primary.url(), &[])).await;
+
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let (h, b) = response(&mut s, &mut buf).await.expect("answer");
+    assert!(h.contains("connection: close"), "{h}");
+    assert_eq!(b, b"v1");
+    closes(&mut s, &buf).await;
+
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n")
+            .await
+            .expect("write");
+        let (h, b) = response(&mut s, &mut buf).await.expect("answer");
+        assert!(h.contains("connection: keep-alive"), "{h}");
+        assert_eq!(b, b"v1");
+    }
+}
+
+#[tokio::test]
+async fn expect_100_continue_and_chunked_bodies_reach_the_upstream_whole() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let proxy = Proxy::start(flags(&primary.url(), &[])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+
+    // The client waits for 100 Continue before it sends the body (as curl does over 1 KiB).
+    s.write_all(
+        b"PUT /up HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    let (h, _) = response(&mut s, &mut buf).await.expect("interim");
+    assert!(h.starts_with("http/1.1 100 continue\r\n"), "{h}");
+    s.write_all(b"hello").await.expect("body");
+    let (h, b) = response(&mut s, &mut buf).await.expect("answer");
+    assert!(h.starts_with("http/1.1 200 ok\r\n"), "{h}");
+    assert_eq!(b, b"v1");
+    let got = primary.next().await;
+    assert_eq!((got.body_len, got.body_sha256), (5, sha256(b"hello")));
+
+    // A chunked body in pieces, on the same connection: the upstream gets it whole.
+    s.write_all(b"POST /chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc")
+        .await
+        .expect("first chunk");
+    tokio::task::yield_now().await;
+    s.write_all(b"\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n")
+        .await
+        .expect("rest");
+    let (h, b) = response(&mut s, &mut buf).await.expect("answer");
+    assert!(h.starts_with("http/1.1 200 ok\r\n"), "{h}");
+    assert_eq!(b, b"v1");
+    let got = primary.next().await;
+    assert_eq!(got.target, "/chunked");
+    assert_eq!((got.body_len, got.body_sha256), (7, sha256(b"abcdefg")));
+
+    // A broken chunked body fails that request and closes the connection.
+    s.write_all(b"POST /bad HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        .await
+        .expect("bad chunk");
+    let (h, _) = response(&mut s, &mut buf).await.expect("answer");
+    assert!(h.starts_with("http/1.1 400 "), "{h}");
+    closes(&mut s, &buf).await;
+}

@@ -69,33 +69,59 @@ impl Default for PoolConfig {
     }
 }
 
-/// An endpoint: the connections to it are interchangeable.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An endpoint: the connections to it are interchangeable. Hashed once, when made (the map
+/// then uses that hash as is); authorities compare as the configuration spelled them.
+#[derive(Debug, Clone)]
 struct Key {
+    hash: u64,
     https: bool,
     authority: Authority,
 }
 
-/// FNV-1a: the keys are short authorities from our own configuration (not attacker input), so
-/// a fast non-keyed hash is enough; SipHash fed byte by byte was most of the legacy pool's cost.
-#[derive(Default)]
-struct Fnv(u64);
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.hash == other.hash
+            && self.https == other.https
+            && self.authority.as_str() == other.authority.as_str()
+    }
+}
 
-impl Hasher for Fnv {
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// FNV-1a over the authority's bytes: the keys are short authorities from our own
+/// configuration (not attacker input), so a fast non-keyed hash is enough (SipHash fed byte
+/// by byte was most of the legacy pool's cost).
+fn fnv(bytes: &[u8], https: bool) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes.iter().chain([&u8::from(https)]) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The map's hasher: a [`Key`] is hashed already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
+        // Only `write_u64` is used (by `Key`); anything else still hashes deterministically.
         for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
-        self.0 = h;
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -105,7 +131,7 @@ struct Idle<Io> {
 }
 
 struct Inner<Io> {
-    idle: HashMap<Key, VecDeque<Idle<Io>>, BuildHasherDefault<Fnv>>,
+    idle: HashMap<Key, VecDeque<Idle<Io>>, BuildHasherDefault<Prehashed>>,
     /// Whether the task that closes expired idle connections is running.
     reaper: bool,
 }
@@ -345,8 +371,10 @@ async fn reap<Io: Transport>(store: Weak<Store<Io>>) {
 
 impl Key {
     fn new(scheme: &Scheme, authority: &Authority) -> Key {
+        let https = *scheme == Scheme::HTTPS;
         Key {
-            https: *scheme == Scheme::HTTPS,
+            hash: fnv(authority.as_str().as_bytes(), https),
+            https,
             authority: authority.clone(),
         }
     }

@@ -660,6 +660,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
                     close |= token.eq_ignore_ascii_case(b"close");
                     keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
+                if only_keep_alive(raw) {
+                    // Read here; stripping it later would remove exactly it (and `Keep-Alive`,
+                    // hop-by-hop anyway).
+                    continue;
+                }
             }
             let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
                 .map_err(|_| H1Error::Invalid("header value"))?;
@@ -700,6 +705,16 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             keep_alive,
         }));
     }
+}
+
+/// A `Connection` value naming nothing but `keep-alive` (what most HTTP/1.1 peers send). Such
+/// a field means nothing past this hop and names no header a proxy must remove besides
+/// `Keep-Alive`, which is hop-by-hop anyway: the parsers leave it out of the header map.
+pub(crate) fn only_keep_alive(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .map(trim_ows)
+        .all(|t| t.eq_ignore_ascii_case(b"keep-alive"))
 }
 
 /// `1*DIGIT`, or a list of equal ones (`5, 5`), as RFC 9110 §8.6 allows.

@@ -296,7 +296,7 @@ pub async fn serve_connection<Io, S, F, B>(
     io: Io,
     buffered: BytesMut,
     settings: Settings,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     mut service: S,
 ) where
     Io: SplitIo,
@@ -314,6 +314,7 @@ pub async fn serve_connection<Io, S, F, B>(
     let mut fields: Vec<FieldSpan> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::with_capacity(512);
     let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut stopped = Stop::new(stop);
     let mut wait = settings.first_head;
     loop {
         let Some(rd) = reader.as_mut() else { return };
@@ -323,7 +324,7 @@ pub async fn serve_connection<Io, S, F, B>(
             &mut fields,
             &mut timer,
             wait,
-            &mut stop,
+            &mut stopped,
         )
         .await;
         wait = settings.keep_alive;
@@ -362,7 +363,7 @@ pub async fn serve_connection<Io, S, F, B>(
             !h.close
         };
         let resp = service(req, None).await;
-        let keep = keep && !*stop.borrow();
+        let keep = keep && !stopped.now();
         let Ok(keep) = write_response(&mut w, &mut wbuf, resp, head_request, h.minor, keep).await
         else {
             return;
@@ -410,7 +411,7 @@ async fn next_head<R: AsyncRead + Unpin>(
     fields: &mut Vec<FieldSpan>,
     timer: &mut Option<Pin<Box<Sleep>>>,
     wait: Duration,
-    stop: &mut watch::Receiver<bool>,
+    stopped: &mut Stop,
 ) -> Next {
     // Pipelined: the next head is here already.
     if !reader.buf.is_empty() {
@@ -418,7 +419,7 @@ async fn next_head<R: AsyncRead + Unpin>(
             return n;
         }
     }
-    if *stop.borrow() {
+    if stopped.now() {
         return Next::Closed("server stopping");
     }
     let deadline = Instant::now() + wait;
@@ -430,9 +431,6 @@ async fn next_head<R: AsyncRead + Unpin>(
     let Some(timer) = timer.as_mut() else {
         return Next::Closed("no timer");
     };
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
-    let mut stop_gone = false;
     poll_fn(|cx| {
         loop {
             match reader.poll_fill(cx) {
@@ -446,13 +444,8 @@ async fn next_head<R: AsyncRead + Unpin>(
                 Poll::Pending => break,
             }
         }
-        if !stop_gone {
-            match stopped.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Next::Closed("server stopping")),
-                // The stop sender is gone: nothing will signal a stop.
-                Poll::Ready(Err(_)) => stop_gone = true,
-                Poll::Pending => {}
-            }
+        if stopped.poll(cx) {
+            return Poll::Ready(Next::Closed("server stopping"));
         }
         if timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Next::Closed("header timeout"));
@@ -460,6 +453,49 @@ async fn next_head<R: AsyncRead + Unpin>(
         Poll::Pending
     })
     .await
+}
+
+/// The server's stop signal, waited on by one future per connection (registered once, not
+/// once per request).
+struct Stop {
+    flag: watch::Receiver<bool>,
+    /// `None` once the stop came.
+    signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Stop {
+    fn new(mut rx: watch::Receiver<bool>) -> Stop {
+        let flag = rx.clone();
+        let signal = Box::pin(async move {
+            while !*rx.borrow_and_update() {
+                if rx.changed().await.is_err() {
+                    // The sender is gone: nothing will signal a stop.
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+        Stop {
+            flag,
+            signal: Some(signal),
+        }
+    }
+
+    /// Whether the server is stopping (no waker registered).
+    fn now(&self) -> bool {
+        self.signal.is_none() || *self.flag.borrow()
+    }
+
+    /// Whether the server is stopping; if not, `cx` is woken when it does.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(f) = self.signal.as_mut() else {
+            return true;
+        };
+        if f.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.signal = None;
+        true
+    }
 }
 
 fn parse(buf: &[u8], limits: &HeadLimits, fields: &mut Vec<FieldSpan>) -> Option<Next> {
@@ -486,6 +522,10 @@ fn build_request<R>(
     for &[n0, n1, v0, v1] in fields {
         let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
             .map_err(|_| Refusal::Malformed("invalid header name"))?;
+        if name == CONNECTION && super::only_keep_alive(&head[v0 as usize..v1 as usize]) {
+            // Read by the guard already (`RequestHead::keep_alive`).
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
             .map_err(|_| Refusal::Malformed("invalid header value"))?;
         headers.append(name, value);

@@ -197,7 +197,9 @@ pub async fn handle(
     let mut resp = match retry {
         None => {
             let req = Request::from_parts(parts, Either::Left(body));
-            match try_once(
+            // Boxed: the exchange's future is kilobytes, and every enclosing future (this one,
+            // the connection's) would carry it and be moved whole when it starts.
+            match Box::pin(try_once(
                 state,
                 &service,
                 req,
@@ -205,7 +207,7 @@ pub async fn handle(
                 deadline,
                 None,
                 &mut ctx,
-            )
+            ))
             .await
             {
                 Outcome::Response(r) => r,
@@ -214,7 +216,7 @@ pub async fn handle(
         }
         Some(policy) => {
             drop(body);
-            match with_retries(
+            match Box::pin(with_retries(
                 state,
                 &service,
                 &parts,
@@ -222,7 +224,7 @@ pub async fn handle(
                 deadline,
                 policy,
                 &mut ctx,
-            )
+            ))
             .await
             {
                 Ok(r) => r,
@@ -350,7 +352,7 @@ async fn try_once(
     };
     let _active = endpoint.start();
     let started = tokio::time::Instant::now();
-    match tokio::time::timeout_at(
+    match super::timer::timeout_at(
         until,
         state
             .client

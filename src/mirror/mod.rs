@@ -458,7 +458,8 @@ async fn send(
         };
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, head_latency, observed))
     };
-    match tokio::time::timeout(shadow.settings.timeout, exchange).await {
+    let until = tokio::time::Instant::now() + shadow.settings.timeout;
+    match crate::proxy::timer::timeout_at(until, exchange).await {
         Ok(Ok((status, head_latency, observed))) => {
             log(Some(status), upstream, None, head_latency);
             Ok(observed)

@@ -12,7 +12,7 @@ mod handler;
 pub mod headers;
 pub mod pool;
 mod server;
-mod timer;
+pub(crate) mod timer;
 pub mod tls;
 
 pub use error::{error_chain, ProxyError};

@@ -74,7 +74,18 @@ impl<F: Future> Future for Timeout<F> {
 }
 
 fn take(until: Instant) -> Pin<Box<Sleep>> {
-    match SPARE.with(|s| s.borrow_mut().pop()) {
+    // The latest deadline not later than `until` (moving it is then a store), among the last
+    // few: timeouts of different lengths (primary, shadow) share the spares, and each takes
+    // back one of its own length.
+    let spare = SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        let n = s.len();
+        let i = (n.saturating_sub(8)..n)
+            .filter(|&i| s[i].deadline() <= until)
+            .max_by_key(|&i| s[i].deadline())?;
+        Some(s.swap_remove(i))
+    });
+    match spare {
         Some(mut sleep) => {
             sleep.as_mut().reset(until);
             sleep

@@ -2,7 +2,7 @@
 //! replays the fuzz seeds through them too (`tests/fuzz_seeds.rs`).
 //!
 //! Each function takes raw bytes. Input that mirrorctl would never see (not UTF-8, a request
-//! hyper refuses, a config that does not validate) ends the check early; a panic means
+//! its server refuses, a config that does not validate) ends the check early; a panic means
 //! mirrorctl broke one of its own promises, which is what the fuzzer reports:
 //!
 //! - [`config_native`], [`config_istio`]: loading never panics; an error names the file and a
@@ -12,11 +12,11 @@
 //! - [`route_match`]: a request against two fixed tables (native and Istio) picks the first
 //!   matching route of the virtual host an independent re-implementation of Envoy's host
 //!   precedence picks; weighted picks, endpoint picks, rewrites and mirror admission hold up.
-//! - [`upstream_headers`]: the primary path's header pipeline (`check_request`,
-//!   `identify` (hop-by-hop, request id, `x-forwarded-*`), the route's header ops and
-//!   rewrite, `Host`) and the mirror copies, written as HTTP/1.1 the way hyper and
-//!   hyper-util's client write them, parse back with `httparse` to the same method, path and
-//!   headers; hop-by-hop headers are gone and the request id, `x-forwarded-for` and `Host`
+//! - [`upstream_headers`]: a client head as the proxy's server builds it (HTTP/1.x: its own
+//!   parse; HTTP/2: the h2 crate's rules), through the primary path's header pipeline
+//!   (`check_request`, `identify` (hop-by-hop, request id, `x-forwarded-*`), the route's
+//!   header ops and rewrite, `Host`) and the mirror copies, written as HTTP/1.1 by the
+//!   proxy's codec, parse back with `httparse` to the same method, path and headers; hop-by-hop headers are gone and the request id, `x-forwarded-for` and `Host`
 //!   are there once each.
 //!
 //! Input formats (lines separated by `\n`, so seeds are readable text):
@@ -507,7 +507,7 @@ pub fn upstream_headers(data: &[u8]) {
     }
 }
 
-/// A request head as hyper's server hands it to the proxy.
+/// A request head as the proxy's server (HTTP/1.x: ours; HTTP/2: hyper's) hands it over.
 struct ClientHead {
     method: Method,
     uri: Uri,
@@ -533,7 +533,7 @@ impl ClientHead {
         }
     }
 
-    /// HTTP/1.x: the head as bytes, through httparse and hyper's server-side checks.
+    /// HTTP/1.x: the head as bytes, through the proxy's own server-side parse and checks.
     fn h1(
         version: Version,
         method: &[u8],
@@ -556,55 +556,25 @@ impl ClientHead {
             wire.extend_from_slice(b"\r\n");
         }
         wire.extend_from_slice(b"\r\n");
-        // hyper's default: at most 100 headers.
-        let mut slots = [httparse::EMPTY_HEADER; 100];
-        let mut req = httparse::Request::new(&mut slots);
-        match req.parse(&wire) {
-            Ok(httparse::Status::Complete(n)) if n == wire.len() => {}
+        // What the proxy's HTTP/1.1 server does with it: the guard's parse and checks, then
+        // the request built from that parse.
+        let mut fields = Vec::new();
+        let head = match crate::proxy::guard::parse_request(
+            &wire,
+            crate::proxy::guard::HeadLimits::default(),
+            &mut fields,
+        ) {
+            Ok(Some(h)) if h.len == wire.len() => h,
             _ => return None,
-        }
-        let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-        let uri = Uri::try_from(req.path?).ok()?;
-        let mut headers = HeaderMap::new();
-        // hyper's framing rules (proto/h1/role.rs, Server::parse).
-        let (mut te, mut te_chunked, mut cl): (bool, bool, Option<u64>) = (false, false, None);
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(h.value).ok()?;
-            if name == header::TRANSFER_ENCODING {
-                if version == Version::HTTP_10 {
-                    return None;
-                }
-                te = true;
-                if cl.take().is_some() {
-                    headers.remove(header::CONTENT_LENGTH);
-                }
-                te_chunked = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.rsplit(',').next())
-                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-            } else if name == header::CONTENT_LENGTH {
-                if te {
-                    continue;
-                }
-                let len = content_length(&value)?;
-                match cl {
-                    Some(prev) if prev != len => return None,
-                    Some(_) => continue,
-                    None => cl = Some(len),
-                }
-            }
-            headers.append(name, value);
-        }
-        if te && !te_chunked {
-            return None;
-        }
+        };
+        let mut buf = bytes::BytesMut::from(&wire[..]);
+        let req = crate::proxy::h1::server::build_request(&mut buf, &head, &fields).ok()?;
+        let (parts, _) = req.into_parts();
         Some(ClientHead {
-            method,
-            uri,
-            version,
-            headers,
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
         })
     }
 
@@ -1057,22 +1027,6 @@ fn trim_ows(b: &[u8]) -> &[u8] {
         .rposition(|c| !matches!(c, b' ' | b'\t'))
         .map_or(start, |i| i + 1);
     &b[start..end.max(start)]
-}
-
-fn content_length(v: &HeaderValue) -> Option<u64> {
-    let mut out = None;
-    for part in v.to_str().ok()?.split(',') {
-        let part = part.trim();
-        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n: u64 = part.parse().ok()?;
-        if out.is_some_and(|o| o != n) {
-            return None;
-        }
-        out = Some(n);
-    }
-    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -334,7 +334,7 @@ pub async fn serve_connection<Io, S, F, B>(
                 return;
             }
             Next::Refused(r) => (stand_in(), Some(r), None),
-            Next::Head(h) => match build_request(rd, &h, &fields) {
+            Next::Head(h) => match build_request(&mut rd.buf, &h, &fields) {
                 Ok(req) => (req, None, Some(h)),
                 Err(r) => (stand_in(), Some(r), None),
             },
@@ -507,12 +507,12 @@ fn parse(buf: &[u8], limits: &HeadLimits, fields: &mut Vec<FieldSpan>) -> Option
 }
 
 /// The request from a checked head; the head's bytes leave the buffer (values share them).
-fn build_request<R>(
-    reader: &mut Reader<R>,
+pub(crate) fn build_request(
+    buf: &mut BytesMut,
     h: &RequestHead,
     fields: &[FieldSpan],
 ) -> Result<Request<IncomingBody>, Refusal> {
-    let head = reader.buf.split_to(h.len).freeze();
+    let head = buf.split_to(h.len).freeze();
     let method = Method::from_bytes(&head[h.method.0 as usize..h.method.1 as usize])
         .map_err(|_| Refusal::Malformed("invalid method"))?;
     let uri = Uri::from_maybe_shared(head.slice(h.target.0 as usize..h.target.1 as usize))

@@ -32,32 +32,17 @@ command -v wrk >/dev/null || { echo "wrk is needed (bench/setup)" >&2; exit 2; }
 
 WORK=$(mktemp -d /tmp/mirrorctl-split.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
+. "$HERE/lib/common.sh"
+trap 'cleanup; rm -rf "$WORK"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "port $1 did not open" >&2; return 1
-}
 PP=$(free_port)
-rd=$WORK/primary; mkdir -p "$rd/primary-tmp"
-sed -e "s|@RUNDIR@|$rd|g" -e "s|@NAME@|primary|g" -e "s|@PORT@|$PP|g" \
-    -e "s|@HANDLER@|return 200 \"hello from primary\\\\n\";|g" \
-    "$HERE/conf/upstream.conf.tmpl" >"$rd/primary.conf"
-timeout -k 5 3600 "$NGINX" -p "$rd" -c "$rd/primary.conf" -g 'daemon off;' >"$rd/out" 2>&1 &
-PIDS+=($!)
-wait_port "$PP"
+fixture primary "$PP"
 
 proxy_cmd() {  # proxy_cmd LABEL BIN PORT -> sets CMD
   case "$1" in
     nginx*)
-      local d=$WORK/proxy-$1; mkdir -p "$d/proxy-tmp"
-      sed -e "s|@RUNDIR@|$d|g" -e "s|@PROXY_PORT@|$3|g" -e "s|@PRIMARY_PORT@|$PP|g" \
-          -e "s|@SHADOW_PORT@|$PP|g" -e "s|@MIRROR_PERCENT@|0|g" -e "s|@IF_MIRROR@|# |g" \
-          -e "s|@IF_NOMIRROR@||g" -e "s|@MIRROR_TIMEOUT@|60s|g" \
-          "$HERE/conf/proxy-nginx.conf.tmpl" >"$d/proxy.conf"
-      CMD=("$2" -p "$d" -c "$d/proxy.conf" -g 'daemon off; master_process off;');;
+      nginx_proxy_conf "$WORK/proxy-$1" "$3" "$PP" "$PP" 0
+      CMD=("$2" -p "$WORK/proxy-$1" -c "$WORK/proxy-$1/proxy.conf" -g 'daemon off; master_process off;');;
     *) CMD=("$2" serve --listen "127.0.0.1:$3" --primary "http://127.0.0.1:$PP" \
             --mirror-percent 0 --access-log off --workers 1);;
   esac

@@ -36,27 +36,8 @@ command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install va
 
 WORK=$(mktemp -d /tmp/mirrorctl-instr.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+. "$HERE/lib/common.sh"
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {  # wait_port PORT: up to 60 s (valgrind starts slowly)
-  for _ in $(seq 1 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2; return 1
-}
-fixture() {  # fixture NAME PORT
-  local rd=$WORK/$1
-  mkdir -p "$rd/$1-tmp"
-  sed -e "s|@RUNDIR@|$rd|g" -e "s|@NAME@|$1|g" -e "s|@PORT@|$2|g" \
-      -e "s|@HANDLER@|return 200 \"hello from $1\\\\n\";|g" \
-      "$HERE/conf/upstream.conf.tmpl" >"$rd/$1.conf"
-  timeout -k 5 3600 "$NGINX" -p "$rd" -c "$rd/$1.conf" -g 'daemon off;' >"$rd/out" 2>&1 &
-  PIDS+=($!)
-  wait_port "$2"
-}
 
 # A keep-alive HTTP/1.1 client: N requests over C connections, round robin; checks every status.
 cat >"$WORK/client.py" <<'EOF'
@@ -101,12 +82,8 @@ for sc in "${SCS[@]}"; do
     out=$WORK/$sc-$label.callgrind
     case "$label" in
       nginx*)  # nginx as the proxy, the same config mirror-bench.sh runs (one process here)
-        rd=$WORK/$sc-$label; mkdir -p "$rd/proxy-tmp"
-        on="" off="# "; [ "$pct" = 0 ] && { on="# "; off=""; }
-        sed -e "s|@RUNDIR@|$rd|g" -e "s|@PROXY_PORT@|$xp|g" -e "s|@PRIMARY_PORT@|$pp|g" \
-            -e "s|@SHADOW_PORT@|$sp|g" -e "s|@MIRROR_PERCENT@|$pct|g" -e "s|@IF_MIRROR@|$on|g" \
-            -e "s|@IF_NOMIRROR@|$off|g" -e "s|@MIRROR_TIMEOUT@|60s|g" \
-            "$HERE/conf/proxy-nginx.conf.tmpl" >"$rd/proxy.conf"
+        rd=$WORK/$sc-$label
+        nginx_proxy_conf "$rd" "$xp" "$pp" "$sp" "$pct"
         cmd=("$bin" -p "$rd" -c "$rd/proxy.conf" -g 'daemon off; master_process off;');;
       *) cmd=("$bin" serve --listen "127.0.0.1:$xp" --primary "http://127.0.0.1:$pp" \
               --shadow "http://127.0.0.1:$sp" --mirror-percent "$pct" --access-log off --workers 1);;
@@ -114,7 +91,7 @@ for sc in "${SCS[@]}"; do
     timeout -k 5 3600 valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
       >"$WORK/$sc-$label.log" 2>&1 &
     vpid=$!; PIDS+=($vpid)
-    wait_port "$xp"
+    wait_port "$xp" 60  # valgrind starts slowly
     n=$(timeout 3000 python3 "$WORK/client.py" "$xp" "$REQUESTS" "$CONNS" "$post")
     kill -TERM "$vpid"; wait "$vpid" || true
     ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$out")

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 root=..
-for t in config_native config_istio route_match upstream_headers upstream_response; do
+for t in config_native config_istio route_match upstream_headers upstream_response client_stream; do
     mkdir -p "corpus/$t"
     cp seeds/"$t"/* "corpus/$t/"
     if [ -d "$root/tests/fuzz-regressions/$t" ]; then
@@ -17,6 +17,6 @@ cp "$root"/examples/istio/*.yaml corpus/config_istio/
 for f in "$root"/tests/golden/broken/istio-*.yaml; do cp "$f" "corpus/config_istio/golden-$(basename "$f")"; done
 { cat "$root/examples/istio/seed-virtualservice.yaml"; printf '\n---\n'; cat "$root/examples/istio/seed-destinations.yaml"; } \
     > corpus/config_istio/seed-both.yaml
-for t in config_native config_istio route_match upstream_headers upstream_response; do
+for t in config_native config_istio route_match upstream_headers upstream_response client_stream; do
     echo "corpus/$t: $(ls "corpus/$t" | wc -l) files"
 done

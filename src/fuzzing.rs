@@ -475,6 +475,15 @@ pub fn upstream_response(data: &[u8]) {
     crate::proxy::h1::fuzz_response(data);
 }
 
+/// What a client sends on one connection, served by the proxy's HTTP/1.1 server
+/// (`proxy::h1::server::serve_connection`) over an in-memory stream: input is a split selector
+/// byte, then the client's bytes. Checked: no panic; the connection ends after the client's
+/// last byte; the same requests (method, target, version, fields, body bytes or how the body
+/// failed, refusal) whether the bytes arrive whole or in two pieces split anywhere.
+pub fn client_stream(data: &[u8]) {
+    crate::proxy::h1::server::fuzz_client(data);
+}
+
 pub fn upstream_headers(data: &[u8]) {
     let (head, ops) = match find(data, b"\n\n") {
         Some(i) => (&data[..i], Some(&data[i + 2..])),

@@ -10,12 +10,13 @@ use mirrorctl::fuzzing;
 /// A fuzz target's check.
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 5] = [
+const TARGETS: [(&str, Check); 6] = [
     ("config_native", fuzzing::config_native),
     ("config_istio", fuzzing::config_istio),
     ("route_match", fuzzing::route_match),
     ("upstream_headers", fuzzing::upstream_headers),
     ("upstream_response", fuzzing::upstream_response),
+    ("client_stream", fuzzing::client_stream),
 ];
 
 fn root() -> PathBuf {

@@ -749,6 +749,109 @@ mod date {
     }
 }
 
+impl SplitIo for tokio::io::DuplexStream {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split_io(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// Fuzzing: any bytes a client sends on one connection, served by [`serve_connection`] over
+/// an in-memory stream; the service reads each request's body to its end and answers `ok`.
+/// Input: a split selector byte, then the client's bytes. Checked: no panic, the connection
+/// ends once the client has sent everything, and the same requests (method, target, version,
+/// headers, body bytes or how the body failed, refusal) whether the bytes arrive whole or in
+/// two pieces split anywhere; never more body bytes than input.
+pub(crate) fn fuzz_client(data: &[u8]) {
+    let [sel, wire @ ..] = data else {
+        return;
+    };
+    let split = usize::from(*sel).min(wire.len());
+    let whole = serve_pieces(&[wire]);
+    let pieces = serve_pieces(&[&wire[..split], &wire[split..]]);
+    assert_eq!(whole, pieces, "split at {split}");
+    let body_bytes: usize = whole.iter().map(|r| r.len()).sum();
+    assert!(body_bytes <= wire.len() * 2 + 64 * whole.len());
+}
+
+/// Serve `pieces` (written in turn, each once the server has read everything before it) and
+/// describe the requests the service saw.
+fn serve_pieces(pieces: &[&[u8]]) -> Vec<String> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let (_stop_tx, stop) = watch::channel(false);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        let settings = Settings {
+            limits: HeadLimits::default(),
+            first_head: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(75),
+        };
+        let served = tokio::spawn(serve_connection(
+            server,
+            BytesMut::new(),
+            settings,
+            stop,
+            move |req: Request<IncomingBody>, refused: Option<Refusal>| {
+                let log = log.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = match body.collect().await {
+                        Ok(b) => format!("{:?}", b.to_bytes()),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    let fields: Vec<String> = parts
+                        .headers
+                        .iter()
+                        .map(|(n, v)| format!("{n}={:?}", v.as_bytes()))
+                        .collect();
+                    let line = format!(
+                        "{refused:?} {} {} {:?} {} body {body}",
+                        parts.method,
+                        parts.uri,
+                        parts.version,
+                        fields.join(",")
+                    );
+                    if let Ok(mut l) = log.lock() {
+                        l.push(line);
+                    }
+                    Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
+                }
+            },
+        ));
+        for piece in pieces {
+            if client.write_all(piece).await.is_err() {
+                break;
+            }
+            // Let the server read (and act on) this piece before the next one.
+            for _ in 0..64 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let _ = client.shutdown().await;
+        // Read the answers until the server closes: it must, once the client's bytes are all
+        // read (a connection still open here is a hang libFuzzer reports as a slow input).
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut sink)).await;
+        let ended = tokio::time::timeout(Duration::from_secs(20), served).await;
+        assert!(
+            ended.is_ok(),
+            "the connection did not end after the client's last byte"
+        );
+        let out = seen.lock().map(|l| l.clone()).unwrap_or_default();
+        out
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -775,6 +878,43 @@ mod tests {
             true,
         );
         (String::from_utf8(buf).expect("ascii head"), f)
+    }
+
+    /// The fuzz harness's server run, on inputs whose outcome is known.
+    #[test]
+    fn the_client_stream_harness_sees_what_the_server_serves() {
+        let seen = serve_pieces(&[
+            b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /b HTTP/1.1\r\nhost: x\r\n",
+            b"content-length: 3\r\n\r\nxyzGET /c HTTP/1.1\r\nhost: x\r\n\r\n",
+        ]);
+        assert_eq!(seen.len(), 3, "{seen:#?}");
+        assert!(
+            seen[0].starts_with("None GET /a HTTP/1.1 host=") && seen[0].ends_with("body b\"\"")
+        );
+        assert!(
+            seen[1].contains("POST /b") && seen[1].ends_with("body b\"xyz\""),
+            "{}",
+            seen[1]
+        );
+        assert!(seen[2].contains("GET /c"), "{}", seen[2]);
+        // A smuggling attempt: refused, and nothing after it is served.
+        let seen = serve_pieces(&[b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\
+            transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n"]);
+        assert_eq!(seen.len(), 1, "{seen:#?}");
+        assert!(
+            seen[0].starts_with("Some(Malformed(\"Content-Length with Transfer-Encoding\"))"),
+            "{}",
+            seen[0]
+        );
+        // A body cut short by the end of the stream fails; the connection still ends.
+        let seen =
+            serve_pieces(&[b"POST /s HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nshort"]);
+        assert_eq!(seen.len(), 1);
+        assert!(
+            seen[0].ends_with("body error: client closed the connection in the request body"),
+            "{}",
+            seen[0]
+        );
     }
 
     #[test]

@@ -364,9 +364,14 @@ impl Control {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    // Only a due schedule costs a blocking-pool thread (its file writes happen
+                    // off the async thread); an idle tick is a scan of the pending ones.
+                    let now = now_ms();
+                    if !self.lock().schedules.iter().any(|s| s.due_ms <= now) {
+                        continue;
+                    }
                     let c = self.clone();
-                    // File writes happen off the async thread.
-                    let _ = tokio::task::spawn_blocking(move || c.run_due(now_ms())).await;
+                    let _ = tokio::task::spawn_blocking(move || c.run_due(now)).await;
                 }
                 _ = stop.changed() => return,
             }

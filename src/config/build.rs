@@ -31,6 +31,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Idle time within a request body (nginx client_body_timeout: 60 s).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a client may take no response bytes (nginx send_timeout: 60 s).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Collects services, shadows and routes into a [`Table`].
 pub struct Builder<'m> {
@@ -180,6 +182,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_connections: DEFAULT_MAX_CONNECTIONS,
         body_timeout: DEFAULT_BODY_TIMEOUT,
+        send_timeout: DEFAULT_SEND_TIMEOUT,
         max_body: None,
         head_limits: Default::default(),
         tls_listen: Vec::new(),

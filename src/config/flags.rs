@@ -73,6 +73,9 @@ pub struct ServeFlags {
     /// A request body that sends nothing for this long fails with 408 (default 60s).
     #[arg(long, value_name = "DURATION")]
     pub body_timeout: Option<String>,
+    /// A client that takes no response bytes for this long is disconnected (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    pub send_timeout: Option<String>,
     /// Client connections open at once (default 10000); past it accepting pauses.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -329,6 +332,9 @@ pub fn load_with_warnings(
     }
     if let Some(t) = &f.body_timeout {
         rt.body_timeout = super::parse_duration(t).map_err(|m| flag_err("--body-timeout", m))?;
+    }
+    if let Some(t) = &f.send_timeout {
+        rt.send_timeout = super::parse_duration(t).map_err(|m| flag_err("--send-timeout", m))?;
     }
     rt.control.state = f.state.clone();
     rt.control.token = admin_token(f)?;

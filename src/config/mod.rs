@@ -36,6 +36,8 @@ pub struct Runtime {
     pub max_connections: usize,
     /// A request body that sends nothing for this long fails with 408 (nginx client_body_timeout).
     pub body_timeout: Duration,
+    /// A client that takes no response bytes for this long is disconnected (nginx send_timeout).
+    pub send_timeout: Duration,
     /// A request body larger than this gets 413 (nginx client_max_body_size); `None`: no limit.
     pub max_body: Option<u64>,
     /// Request head size and field count (431 past either; 414 for a request line alone).

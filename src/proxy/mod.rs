@@ -66,6 +66,8 @@ pub struct State {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// A request body that sends nothing for this long fails (408).
     pub body_timeout: Duration,
+    /// An HTTP/1.1 client that takes no response bytes for this long is disconnected.
+    pub send_timeout: Duration,
     /// A request body larger than this fails (413); `None`: no limit.
     pub max_body: Option<u64>,
     /// Request head size and field count (431, 414).
@@ -170,6 +172,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let connect_timeout = rt.connect_timeout;
         let shutdown_timeout = rt.shutdown_timeout;
         let body_timeout = rt.body_timeout;
+        let send_timeout = rt.send_timeout;
         let max_body = rt.max_body;
         let head_limits = rt.head_limits;
         let client_tls = client_tls.clone();
@@ -206,6 +209,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         access_log,
                         connection_slots: slots,
                         body_timeout,
+                        send_timeout,
                         max_body,
                         head_limits,
                     });

@@ -40,6 +40,7 @@ pub async fn serve(
         limits: state.head_limits,
         first_head: HEADER_READ_TIMEOUT,
         keep_alive: KEEP_ALIVE_TIMEOUT,
+        send: state.send_timeout,
     };
     // Every connection task holds a sender: all are gone when the last connection ends.
     let (alive, mut all_done) = mpsc::channel::<()>(1);

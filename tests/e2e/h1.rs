@@ -169,3 +169,40 @@ async fn expect_100_continue_and_chunked_bodies_reach_the_upstream_whole() {
     assert!(h.starts_with("http/1.1 400 "), "{h}");
     closes(&mut s, &buf).await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    const BIG: usize = 32 << 20; // more than the socket buffers on both sides hold
+    let primary = Upstream::start(Behavior::ByPath(std::sync::Arc::new(|_: &str| {
+        (200, "text/plain", "x".repeat(BIG))
+    })))
+    .await;
+    let mut f = flags(&primary.url(), &[]);
+    f.send_timeout = Some("200ms".into());
+    let proxy = Proxy::start(f).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    // The client reads nothing: once the buffers are full the proxy's writes wait, and after
+    // 200 ms of that it gives up on the client. (A timeout cannot be tested without waiting
+    // past it: 1.5 s here.)
+    primary.next().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut got = 0usize;
+    let ended = tokio::time::timeout(DEADLINE, async {
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(
+        got < BIG,
+        "the whole response arrived ({got} bytes): nothing was cut"
+    );
+}

@@ -54,6 +54,9 @@ pub struct Settings {
     pub first_head: Duration,
     /// A kept-alive connection must bring its next head within this.
     pub keep_alive: Duration,
+    /// A client that takes no response bytes for this long is disconnected (nginx's
+    /// `send_timeout`: between two writes, not for the whole response).
+    pub send: Duration,
 }
 
 /// A client connection's stream, in two halves: the request body reads one while the
@@ -305,7 +308,8 @@ pub async fn serve_connection<Io, S, F, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let (r, mut w) = io.split_io();
+    let (r, w) = io.split_io();
+    let mut w = SendTimeout::new(w, settings.send);
     let mut reader = Some(Reader {
         io: r,
         buf: buffered,
@@ -395,6 +399,89 @@ pub async fn serve_connection<Io, S, F, B>(
             }
             return;
         }
+    }
+}
+
+/// The write side, failing with `TimedOut` once a write has waited `limit` for the client to
+/// take bytes. The timer exists only while a write is blocked: a client that reads costs
+/// nothing.
+struct SendTimeout<W> {
+    inner: W,
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<W> SendTimeout<W> {
+    fn new(inner: W, limit: Duration) -> Self {
+        SendTimeout {
+            inner,
+            limit,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// After the inner write: `Ready` disarms; `Pending` arms the timer (once per stall) and
+    /// turns into an error when it fires.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let deadline = Instant::now() + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client took no response bytes within the send timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for SendTimeout<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, polled)
     }
 }
 
@@ -799,6 +886,7 @@ fn serve_pieces(pieces: &[&[u8]]) -> Vec<(String, usize)> {
             limits: HeadLimits::default(),
             first_head: Duration::from_secs(30),
             keep_alive: Duration::from_secs(75),
+            send: Duration::from_secs(60),
         };
         let served = tokio::spawn(serve_connection(
             server,

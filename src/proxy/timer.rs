@@ -66,7 +66,9 @@ impl<F: Future> Future for Timeout<F> {
         }
         let until = *this.until;
         let sleep = this.sleep.get_or_insert_with(|| take(until));
-        match sleep.as_mut().poll(cx) {
+        // Outside the task's budget: a future that used it up must not keep its deadline from
+        // being checked (tokio's own `Timeout` does the same).
+        match Pin::new(&mut tokio::task::coop::unconstrained(sleep.as_mut())).poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
@@ -96,7 +98,8 @@ fn take(until: Instant) -> Pin<Box<Sleep>> {
 
 fn give_back(mut sleep: Pin<Box<Sleep>>) {
     // The timer forgets the task it would wake (a spare must not keep a finished task alive).
-    let _ = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    let _ = Pin::new(&mut tokio::task::coop::unconstrained(sleep.as_mut()))
+        .poll(&mut Context::from_waker(Waker::noop()));
     let _ = SPARE.try_with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < SPARE_MAX {

@@ -866,23 +866,22 @@ impl Chunked {
                 Chunked::Size { value, digits, ext } => {
                     let b = buf[0];
                     let _ = buf.split_to(1);
+                    // `ext`: 0 in the size's digits, 1 in whitespace after them (only more
+                    // whitespace, `;` or CR may follow), 2 and up inside an extension after `;`
+                    // (no control bytes but HTAB: a bare LF must not end the line here when
+                    // another hop would end it there).
+                    let set = |ext| Chunked::Size { value, digits, ext };
                     *self = match b {
                         b'\r' if digits > 0 => Chunked::SizeLf { value },
-                        _ if ext > 0 => {
-                            if ext > MAX_CHUNK_EXT {
+                        _ if ext >= 2 => {
+                            if ext > MAX_CHUNK_EXT || (b < 0x20 && b != b'\t') || b == 0x7f {
                                 return Err(bad());
                             }
-                            Chunked::Size {
-                                value,
-                                digits,
-                                ext: ext + 1,
-                            }
+                            set(ext + 1)
                         }
-                        b';' | b' ' | b'\t' if digits > 0 => Chunked::Size {
-                            value,
-                            digits,
-                            ext: 1,
-                        },
+                        b' ' | b'\t' if digits > 0 => set(1),
+                        b';' if digits > 0 => set(2),
+                        _ if ext == 1 => return Err(bad()),
                         _ => {
                             let d = (b as char).to_digit(16).ok_or_else(bad)?;
                             if digits >= 16 {
@@ -1512,6 +1511,11 @@ mod tests {
             b"5\n",
             b"11111111111111111\r\n",
             b"\r\n",
+            // Another hop could read these lines differently (review finding): a second number
+            // after the size, a bare LF or a NUL inside an extension.
+            b"5 6\r\nhello\r\n",
+            b"3;\nabc\r\n0\r\n\r\n",
+            b"3;a\x00b\r\nabc\r\n",
         ] {
             let mut dec = Chunked::Size {
                 value: 0,

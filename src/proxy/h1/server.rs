@@ -389,7 +389,11 @@ pub async fn serve_connection<Io, S, F, B>(
                         return;
                     }
                 }
-                _ => return,
+                // The body's read half did not come back in time (or was lost): end here.
+                _ => {
+                    let _ = w.shutdown().await;
+                    return;
+                }
             }
         }
         if !keep {
@@ -522,9 +526,16 @@ async fn next_head<R: AsyncRead + Unpin>(
         loop {
             match reader.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Next::Closed("end of stream")),
-                Poll::Ready(Ok(_)) => {
-                    if let Some(n) = parse(&reader.buf, limits, fields) {
-                        return Poll::Ready(n);
+                Poll::Ready(Ok(n)) => {
+                    // A head can only end in a read that brought a line end: a head trickled
+                    // a byte at a time is not parsed again for every byte (past the size
+                    // limit it is, to refuse it).
+                    let len = reader.buf.len();
+                    let fresh = &reader.buf[len.saturating_sub(n)..];
+                    if fresh.contains(&b'\n') || len > limits.max_bytes {
+                        if let Some(n) = parse(&reader.buf, limits, fields) {
+                            return Poll::Ready(n);
+                        }
                     }
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed("read error")),

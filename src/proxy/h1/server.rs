@@ -525,14 +525,21 @@ async fn next_head<R: AsyncRead + Unpin>(
     poll_fn(|cx| {
         loop {
             match reader.poll_fill(cx) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Next::Closed("end of stream")),
+                Poll::Ready(Ok(0)) => {
+                    // What came before the end is still answered when it is refused.
+                    return Poll::Ready(match parse(&reader.buf, limits, fields) {
+                        Some(Next::Refused(r)) => Next::Refused(r),
+                        _ => Next::Closed("end of stream"),
+                    });
+                }
                 Poll::Ready(Ok(n)) => {
-                    // A head can only end in a read that brought a line end: a head trickled
-                    // a byte at a time is not parsed again for every byte (past the size
-                    // limit it is, to refuse it).
+                    // A head can only end in a read that brought a line end: a long head
+                    // trickled a byte at a time is not parsed again for every byte (the first
+                    // KiB is, to refuse garbage at once; past the size limit it is, to refuse it).
                     let len = reader.buf.len();
                     let fresh = &reader.buf[len.saturating_sub(n)..];
-                    if fresh.contains(&b'\n') || len > limits.max_bytes {
+                    if len - fresh.len() <= 1024 || fresh.contains(&b'\n') || len > limits.max_bytes
+                    {
                         if let Some(n) = parse(&reader.buf, limits, fields) {
                             return Poll::Ready(n);
                         }

@@ -48,13 +48,6 @@ pub enum Body {
     Chunked,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum HeadCheck {
-    Complete { len: usize, body: Body },
-    Partial,
-    Refused(Refusal),
-}
-
 /// Where a field's name and value are in the head: `[name start, name end, value start,
 /// value end]`, offsets from the head's first byte.
 pub type FieldSpan = [u32; 4];
@@ -75,19 +68,6 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
-}
-
-/// Check one request head at the start of `bytes` (pure: no I/O).
-pub fn check_head(bytes: &[u8], limits: HeadLimits) -> HeadCheck {
-    let mut fields = Vec::new();
-    match parse_request(bytes, limits, &mut fields) {
-        Ok(Some(h)) => HeadCheck::Complete {
-            len: h.len,
-            body: h.body,
-        },
-        Ok(None) => HeadCheck::Partial,
-        Err(r) => HeadCheck::Refused(r),
-    }
 }
 
 /// Parse and check one request head at the start of `bytes`: `None` while it is incomplete
@@ -247,6 +227,26 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum HeadCheck {
+        Complete { len: usize, body: Body },
+        Partial,
+        Refused(Refusal),
+    }
+
+    /// One head at the start of `bytes`, checked: what the tests compare.
+    fn check_head(bytes: &[u8], limits: HeadLimits) -> HeadCheck {
+        let mut fields = Vec::new();
+        match parse_request(bytes, limits, &mut fields) {
+            Ok(Some(h)) => HeadCheck::Complete {
+                len: h.len,
+                body: h.body,
+            },
+            Ok(None) => HeadCheck::Partial,
+            Err(r) => HeadCheck::Refused(r),
+        }
+    }
 
     fn check(bytes: &[u8]) -> HeadCheck {
         check_head(bytes, HeadLimits::default())

@@ -108,6 +108,49 @@ pub struct BodyTimeout(pub std::time::Duration);
 #[error("request body larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// A timer for stalls: armed when something starts waiting (once per stall, not per poll),
+/// forgotten when it makes progress. It exists only while something stalls: a stream that flows
+/// costs nothing. The client body's idle timeout and the server's send timeout both use it.
+pub(crate) struct Stall {
+    idle: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    // The timer counts the current stall (reset when there is progress, re-armed at the next).
+    armed: bool,
+}
+
+impl Stall {
+    pub(crate) fn new(idle: std::time::Duration) -> Stall {
+        Stall {
+            idle,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    pub(crate) fn idle(&self) -> std::time::Duration {
+        self.idle
+    }
+
+    /// There was progress: the next wait starts a new stall.
+    pub(crate) fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// Waiting again: `Ready` once the current stall has lasted `idle`.
+    pub(crate) fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let idle = self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if !self.armed {
+            // One allocation per stream at most: later stalls reuse the timer.
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx)
+    }
+}
+
 pin_project! {
     /// A client's request body, bounded: fails with [`BodyTimeout`] when no frame arrives for
     /// `idle`, and with [`BodyTooLarge`] once more than `max` bytes came. The timer exists only
@@ -115,10 +158,7 @@ pin_project! {
     pub struct ClientBody<B> {
         #[pin]
         inner: B,
-        idle: std::time::Duration,
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
-        // The timer counts the current stall (reset when data flows, re-armed at the next stall).
-        armed: bool,
+        stall: Stall,
         // Bytes still allowed (u64::MAX: no limit).
         left: u64,
         max: u64,
@@ -129,9 +169,7 @@ impl<B> ClientBody<B> {
     pub fn new(inner: B, idle: std::time::Duration, max: Option<u64>) -> Self {
         ClientBody {
             inner,
-            idle,
-            timer: None,
-            armed: false,
+            stall: Stall::new(idle),
             left: max.unwrap_or(u64::MAX),
             max: max.unwrap_or(u64::MAX),
         }
@@ -153,7 +191,7 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                *this.armed = false;
+                this.stall.progressed();
                 if let Some(d) = f.data_ref() {
                     let n = d.len() as u64;
                     if n > *this.left {
@@ -165,24 +203,13 @@ where
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(f) => {
-                *this.armed = false;
+                this.stall.progressed();
                 Poll::Ready(f.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => {
-                let idle = *this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if !*this.armed {
-                    // One allocation per body at most: later stalls reuse the timer.
-                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                    *this.armed = true;
-                }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(idle))))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => match this.stall.poll_stalled(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.stall.idle()))))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -127,7 +127,7 @@ impl Conn {
             state,
             h2,
             settings,
-            mut stop,
+            stop,
             peer,
         } = self;
         let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -171,22 +171,13 @@ impl Conn {
         tokio::pin!(conn);
         let ended = tokio::select! {
             r = conn.as_mut() => r,
-            () = stopping(&mut stop) => {
+            () = h1::stopped(stop) => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
         };
         if let Err(e) = ended {
             tracing::debug!(error = %e, %peer, "client connection ended with an error");
-        }
-    }
-}
-
-/// Resolves when the server is told to stop (never, if the stop sender is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }

@@ -332,26 +332,24 @@ pub async fn serve_connection<Io, S, F, B>(
         )
         .await;
         wait = settings.keep_alive;
-        let (req, refused, info) = match next {
+        let built = match next {
             Next::Closed(why) => {
                 tracing::trace!(why, "client connection closed");
                 return;
             }
-            Next::Refused(r) => (stand_in(), Some(r), None),
-            Next::Head(h) => match build_request(&mut rd.buf, &h, &fields) {
-                Ok(req) => (req, None, Some(h)),
-                Err(r) => (stand_in(), Some(r), None),
-            },
+            Next::Refused(r) => Err(r),
+            Next::Head(h) => build_request(&mut rd.buf, &h, &fields).map(|req| (req, h)),
         };
-        let Some(h) = info else {
-            // A refused head: answered, then the connection closes; nothing after it is read.
-            let resp = service(req, refused).await;
-            let _ = write_response(&mut w, &mut wbuf, resp, false, 1, false).await;
-            let _ = w.shutdown().await;
-            if let Some(rd) = reader.take() {
-                linger(rd).await;
+        let (req, h) = match built {
+            Ok(built) => built,
+            Err(why) => {
+                // A refused head: answered (as a stand-in `GET /`), then the connection closes;
+                // nothing after it is read.
+                let resp = service(Request::new(IncomingBody::empty()), Some(why)).await;
+                let _ = write_response(&mut w, &mut wbuf, resp, false, 1, false).await;
+                close(&mut w, reader.take()).await;
+                return;
             }
-            return;
         };
         let (req, back) = attach_body(req, &h, &mut reader);
         if back.is_some()
@@ -378,29 +376,23 @@ pub async fn serve_connection<Io, S, F, B>(
             match tokio::time::timeout(settings.keep_alive, back).await {
                 Ok(Ok(Returned {
                     reader: rd,
-                    finished,
-                })) => {
-                    reader = Some(rd);
-                    if !finished {
-                        let _ = w.shutdown().await;
-                        if let Some(rd) = reader.take() {
-                            linger(rd).await;
-                        }
-                        return;
-                    }
+                    finished: true,
+                })) => reader = Some(rd),
+                // Dropped mid-body: the stream is not at a head.
+                Ok(Ok(Returned { reader: rd, .. })) => {
+                    close(&mut w, Some(rd)).await;
+                    return;
                 }
-                // The body's read half did not come back in time (or was lost): end here.
+                // The body's read half did not come back in time (or was lost): end here (the
+                // connection has no read side to drain: `reader` is empty).
                 _ => {
-                    let _ = w.shutdown().await;
+                    close(&mut w, reader.take()).await;
                     return;
                 }
             }
         }
         if !keep {
-            let _ = w.shutdown().await;
-            if let Some(rd) = reader.take() {
-                linger(rd).await;
-            }
+            close(&mut w, reader.take()).await;
             return;
         }
     }
@@ -411,41 +403,29 @@ pub async fn serve_connection<Io, S, F, B>(
 /// nothing.
 struct SendTimeout<W> {
     inner: W,
-    limit: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    stall: crate::body::Stall,
 }
 
 impl<W> SendTimeout<W> {
     fn new(inner: W, limit: Duration) -> Self {
         SendTimeout {
             inner,
-            limit,
-            timer: None,
-            armed: false,
+            stall: crate::body::Stall::new(limit),
         }
     }
 
-    /// After the inner write: `Ready` disarms; `Pending` arms the timer (once per stall) and
-    /// turns into an error when it fires.
+    /// After the inner write: `Ready` is progress; `Pending` is a stall, an error once it has
+    /// lasted the limit.
     fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.armed = false;
+            self.stall.progressed();
             return polled;
         }
-        let deadline = Instant::now() + self.limit;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            timer.as_mut().reset(deadline);
-            self.armed = true;
-        }
-        match timer.as_mut().poll(cx) {
+        match self.stall.poll_stalled(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "client took no response bytes within the send timeout",
@@ -489,9 +469,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SendTimeout<W> {
     }
 }
 
-/// The request a refused head is answered as.
-fn stand_in() -> Request<IncomingBody> {
-    Request::new(IncomingBody::empty())
+/// End a connection after its last answer: shut the write side down, then drop what the
+/// client still sends for a moment (when the read side is here).
+async fn close<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(w: &mut W, reader: Option<Reader<R>>) {
+    let _ = w.shutdown().await;
+    if let Some(rd) = reader {
+        linger(rd).await;
+    }
 }
 
 /// Read until a whole head is buffered (or refused), the connection ends, the timer fires or
@@ -560,6 +544,15 @@ async fn next_head<R: AsyncRead + Unpin>(
     .await
 }
 
+/// Resolves when the server is told to stop (never, if the stop sender is gone).
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// The server's stop signal, waited on by one future per connection (registered once, not
 /// once per request).
 struct Stop {
@@ -569,19 +562,10 @@ struct Stop {
 }
 
 impl Stop {
-    fn new(mut rx: watch::Receiver<bool>) -> Stop {
-        let flag = rx.clone();
-        let signal = Box::pin(async move {
-            while !*rx.borrow_and_update() {
-                if rx.changed().await.is_err() {
-                    // The sender is gone: nothing will signal a stop.
-                    std::future::pending::<()>().await;
-                }
-            }
-        });
+    fn new(rx: watch::Receiver<bool>) -> Stop {
         Stop {
-            flag,
-            signal: Some(signal),
+            flag: rx.clone(),
+            signal: Some(Box::pin(stopped(rx))),
         }
     }
 

@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # cpu-split.sh - user vs system CPU per request of the proxy process, nginx and mirrorctl builds
-# interleaved, scenario B (proxy only), plus the system calls each makes per request.
+# interleaved, plus what every other process on the box spent, and the system calls the proxy
+# makes per request.
 #
-#   bench/cpu-split.sh [--rounds N] [--duration S] [--strace] LABEL=BIN ...
+#   bench/cpu-split.sh [--scenario B|P] [--rounds N] [--duration S] [--strace] LABEL=BIN ...
 #
 # A LABEL starting with `nginx` runs BIN as nginx with bench/conf/proxy-nginx.conf.tmpl (the
-# config mirror-bench.sh gives it). For each round and build: the nginx primary fixture on
-# 127.0.0.1, the proxy, wrk -t1 -c32 (2 s warm-up, then S seconds measured); utime and stime of
-# the proxy process from /proc/PID/stat before and after. Prints CPU-seconds per 100 000
-# requests, user and system. With --strace, one more short run per build under `strace -c -f`
-# (8 connections, 3 s): system calls per request.
+# config mirror-bench.sh gives it). Scenario B: mirroring off; P: POST 64 KiB mirrored at 100 %
+# to a shadow fixture (mirror-bench.sh's B and P). For each round and build: the nginx fixtures
+# on 127.0.0.1, the proxy, wrk -t1 -c32 (2 s warm-up, then S seconds measured); utime and stime
+# of the proxy, the fixtures and wrk from /proc before and after. Prints CPU-seconds per
+# 100 000 requests: the proxy's user and system time, the rest of the box (fixtures + wrk), the
+# total, and the total's share of what the proxy's user time is. With --strace, one more short
+# run per build under `strace -c -f` (8 connections, 3 s): system calls per request.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 NGINX=${NGINX:-/usr/sbin/nginx}
 ROUNDS=3
 DURATION=8
 STRACE=0
+SCENARIO=B
 BUILDS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2;;
     --duration) DURATION=$2; shift 2;;
     --strace) STRACE=1; shift;;
-    -h|--help) sed -n 2,12p "$0"; exit 0;;
+    --scenario) SCENARIO=$2; shift 2;;
+    -h|--help) sed -n 2,14p "$0"; exit 0;;
     *=*) BUILDS+=("$1"); shift;;
     *) echo "unknown argument $1 (builds are LABEL=BIN)" >&2; exit 2;;
   esac
@@ -37,20 +42,33 @@ trap 'cleanup; rm -rf "$WORK"' EXIT
 
 PP=$(free_port)
 fixture primary "$PP"
+SP=$PP PERCENT=0 WRK_ARGS=()
+case "$SCENARIO" in
+  B) ;;
+  P) SP=$(free_port); fixture shadow "$SP"; PERCENT=100
+     printf 'wrk.method = "POST"\nwrk.body = string.rep("m", 65536)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' \
+       >"$WORK/post.lua"
+     WRK_ARGS=(-s "$WORK/post.lua");;
+  *) echo "unknown scenario $SCENARIO (B or P)" >&2; exit 2;;
+esac
+# The fixtures' nginx processes (children of the `timeout` wrappers in PIDS).
+FIXTURES=$(for p in "${PIDS[@]}"; do pgrep -P "$p"; done | tr '\n' ' ')
 
 proxy_cmd() {  # proxy_cmd LABEL BIN PORT -> sets CMD
   case "$1" in
     nginx*)
-      nginx_proxy_conf "$WORK/proxy-$1" "$3" "$PP" "$PP" 0
+      nginx_proxy_conf "$WORK/proxy-$1" "$3" "$PP" "$SP" "$PERCENT"
       CMD=("$2" -p "$WORK/proxy-$1" -c "$WORK/proxy-$1/proxy.conf" -g 'daemon off; master_process off;');;
     *) CMD=("$2" serve --listen "127.0.0.1:$3" --primary "http://127.0.0.1:$PP" \
-            --mirror-percent 0 --access-log off --workers 1);;
+            --shadow "http://127.0.0.1:$SP" --mirror-percent "$PERCENT" --access-log off --workers 1);;
   esac
 }
 ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
+fixture_ticks() { local t=0 p u s; for p in $FIXTURES; do read -r u s < <(ticks "$p"); t=$((t + u + s)); done; echo $t; }
 hz=$(getconf CLK_TCK)
 
-printf '%-12s %5s %10s %9s %9s %22s %22s\n' build round requests user_s sys_s 'user CPU-s/100k req' 'sys CPU-s/100k req'
+echo "scenario $SCENARIO; CPU-seconds per 100k requests (rest = fixtures + wrk)"
+printf '%-12s %5s %10s %8s %8s %8s %8s %8s\n' build round requests rps user sys rest total
 for round in $(seq 1 "$ROUNDS"); do
   for b in "${BUILDS[@]}"; do
     label=${b%%=*}; bin=${b#*=}; port=$(free_port)
@@ -58,13 +76,18 @@ for round in $(seq 1 "$ROUNDS"); do
     "${CMD[@]}" >/dev/null 2>&1 &
     pid=$!; PIDS+=($pid)
     wait_port "$port"
-    wrk -t1 -c32 -d2s "http://127.0.0.1:$port/bench?x=1" >/dev/null
-    read -r u0 s0 < <(ticks "$pid")
-    reqs=$(wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/bench?x=1" | awk '/requests in/ {print $1}')
-    read -r u1 s1 < <(ticks "$pid")
+    wrk -t1 -c32 -d2s "${WRK_ARGS[@]}" "http://127.0.0.1:$port/bench?x=1" >/dev/null
+    read -r u0 s0 < <(ticks "$pid"); f0=$(fixture_ticks)
+    TIMEFORMAT='%U %S'
+    { time reqs=$(wrk -t1 -c32 -d"${DURATION}s" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/bench?x=1" \
+        | awk '/requests in/ {print $1}'); } 2>"$WORK/wrk.time"
+    read -r u1 s1 < <(ticks "$pid"); f1=$(fixture_ticks)
+    read -r wu ws <"$WORK/wrk.time"
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    awk -v l="$label" -v n="$round" -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
-      'BEGIN {printf "%-12s %5d %10d %9.2f %9.2f %22.3f %22.3f\n", l, n, r, u/hz, s/hz, u/hz/r*1e5, s/hz/r*1e5}'
+    awk -v l="$label" -v n="$round" -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v f=$((f1 - f0)) \
+        -v w="$(echo "$wu + $ws" | bc)" -v hz="$hz" -v d="$DURATION" \
+      'BEGIN {k = 1e5 / r; rest = f / hz + w; printf "%-12s %5d %10d %8.0f %8.3f %8.3f %8.3f %8.3f\n",
+              l, n, r, r / d, u / hz * k, s / hz * k, rest * k, (u / hz + s / hz + rest) * k}'
   done
 done
 
@@ -76,7 +99,7 @@ for b in "${BUILDS[@]}"; do
   timeout -k 5 120 strace -c -f -o "$WORK/$label.strace" "${CMD[@]}" >/dev/null 2>&1 &
   spid=$!; PIDS+=($spid)
   wait_port "$port"
-  reqs=$(wrk -t1 -c8 -d3s "http://127.0.0.1:$port/bench?x=1" | awk '/requests in/ {print $1}')
+  reqs=$(wrk -t1 -c8 -d3s "${WRK_ARGS[@]}" "http://127.0.0.1:$port/bench?x=1" | awk '/requests in/ {print $1}')
   pkill -TERM -P "$spid" 2>/dev/null || true
   wait "$spid" 2>/dev/null || true
   echo "== $label: system calls per request ($reqs requests, strace -c -f)"

@@ -437,6 +437,8 @@ async fn send(
         // Read the body frame by frame: discarded, or kept up to the capture cap for comparing.
         let mut capture = capture_cap.map(Capture::new);
         let mut body = resp.into_body();
+        // Bounds the rest of the request too, should it still be sent after the answer.
+        body.idle_timeout(shadow.settings.timeout);
         while let Some(frame) = body.frame().await {
             let frame = frame?;
             if let (Some(c), Some(d)) = (capture.as_mut(), frame.data_ref()) {

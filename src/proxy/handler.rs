@@ -232,6 +232,8 @@ pub async fn handle(
             }
         }
     };
+    // The upstream going silent in the body: the same limit as for its head.
+    resp.body_mut().idle_timeout(timeout);
     headers::strip_hop_by_hop(resp.headers_mut());
     action.response_headers.apply(resp.headers_mut());
     let status = resp.status().as_u16();

@@ -179,3 +179,80 @@ routes:
     assert_eq!(primary.received(), 1);
     proxy.stop().await;
 }
+
+/// A primary that sends its head and part of its body, then goes silent with the connection
+/// open: past the request timeout (here 400 ms, between two reads, as nginx's
+/// `proxy_read_timeout`) the client's connection is closed short of the announced length, so
+/// the client sees a truncated answer rather than waiting forever; the next request is served.
+#[tokio::test]
+async fn a_primary_silent_in_its_body_is_given_up_after_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let upstream = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut b = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).await.expect("read");
+            assert!(n > 0, "proxy closed before its request head");
+            head.extend_from_slice(&b[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await
+            .expect("write");
+        // Silent, connection held, until the test is done.
+        let _ = release_rx.await;
+        // The next request gets a connection of its own and an answer.
+        let (mut s2, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s2.read(&mut b).await.expect("read");
+            assert!(n > 0);
+            got.extend_from_slice(&b[..n]);
+        }
+        s2.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain")
+            .await
+            .expect("write");
+        drop(s);
+        s2
+    });
+    let mut f = flags(&format!("http://{addr}"), &[]);
+    f.request_timeout = Some("400ms".into());
+    let proxy = Proxy::start(f).await;
+
+    let mut c = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    c.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match c.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the proxy closes the client's connection well before the deadline");
+    let waited = start.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-length: 100\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n0123456789"), "{text}");
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+
+    release_tx.send(()).expect("upstream waiting");
+    let (st, body) = get(&client(), &proxy.url("/next")).await;
+    assert_eq!((st, &body[..]), (StatusCode::OK, &b"again"[..]));
+    drop(upstream.await.expect("upstream"));
+    proxy.stop().await;
+}

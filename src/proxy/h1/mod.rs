@@ -27,6 +27,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -35,6 +36,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::pool::Release;
+use crate::body::Stall;
 
 pub mod server;
 
@@ -78,6 +80,8 @@ pub enum H1Error {
     Body(#[source] BoxError),
     #[error("request body of {declared} bytes announced, {sent} sent")]
     BodyLength { declared: u64, sent: u64 },
+    #[error("upstream idle for {0:?} in the response body")]
+    Idle(Duration),
 }
 
 impl From<io::Error> for H1Error {
@@ -555,6 +559,8 @@ where
 /// The rest of a request body, sent while its response streams.
 trait SendRest<Io>: Send {
     fn poll_rest(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>>;
+    /// Grows whenever the upstream took more of the request.
+    fn progress(&self) -> u64;
 }
 
 impl<Io, B> SendRest<Io> for Outgoing<B>
@@ -565,6 +571,11 @@ where
 {
     fn poll_rest(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
         self.poll_send(io, cx)
+    }
+
+    fn progress(&self) -> u64 {
+        // A body piece is taken only once the one before it was written.
+        self.sent + self.head_pos as u64
     }
 }
 
@@ -783,9 +794,24 @@ async fn finish_sending<Io: Transport>(mut s: Streaming<Io>) {
     let Some(mut sending) = s.sending.take() else {
         return;
     };
-    let sent = poll_fn(|cx| sending.poll_rest(&mut s.conn.io, cx))
-        .await
-        .is_ok();
+    let stall = &mut s.stall;
+    let sent = poll_fn(|cx| {
+        let before = sending.progress();
+        match sending.poll_rest(&mut s.conn.io, cx) {
+            Poll::Ready(r) => Poll::Ready(r.is_ok()),
+            Poll::Pending => {
+                let Some(stall) = stall.as_mut() else {
+                    return Poll::Pending;
+                };
+                if sending.progress() != before {
+                    stall.progressed();
+                }
+                // An upstream that stops reading the rest is given up on.
+                stall.poll_stalled(cx).map(|()| false)
+            }
+        }
+    })
+    .await;
     if sent && s.reusable && s.conn.rbuf.is_empty() {
         if let Some(r) = s.release.take() {
             r.put(s.conn);
@@ -805,6 +831,9 @@ struct Streaming<Io> {
     reusable: bool,
     sending: Option<Box<dyn SendRest<Io>>>,
     release: Option<Release<Io>>,
+    /// Set by [`UpstreamBody::idle_timeout`]: neither a response byte read nor a request byte
+    /// taken for that long fails the body.
+    stall: Option<Stall>,
 }
 
 enum Decoder {
@@ -988,10 +1017,32 @@ impl<Io: Transport> Streaming<Io> {
             reusable,
             sending,
             release: Some(release),
+            stall: None,
         }))
     }
 
+    /// The next piece of the body, bounded by the idle timeout when one is set.
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
+        let before = self.sending.as_ref().map(|s| s.progress());
+        let r = self.poll_body(cx);
+        let Some(stall) = self.stall.as_mut() else {
+            return r;
+        };
+        if r.is_ready() || self.sending.as_ref().map(|s| s.progress()) != before {
+            stall.progressed();
+            return r;
+        }
+        match stall.poll_stalled(cx) {
+            Poll::Ready(()) => {
+                self.reusable = false;
+                self.sending = None;
+                Poll::Ready(Some(Err(H1Error::Idle(stall.idle()))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
         loop {
             if let Some(s) = self.sending.as_mut() {
                 match s.poll_rest(&mut self.conn.io, cx) {
@@ -1055,6 +1106,17 @@ impl<Io: Transport> Streaming<Io> {
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(H1Error::Io(e)))),
             }
+        }
+    }
+}
+
+impl<Io: Transport> UpstreamBody<Io> {
+    /// Fail the body when the upstream neither sends a response byte nor takes a request byte
+    /// for `idle` (nginx's `proxy_read_timeout`; also bounds sending the rest of a request
+    /// whose answer came early). A body already read whole is unaffected.
+    pub fn idle_timeout(&mut self, idle: Duration) {
+        if let BodyState::Streaming(s) = &mut self.state {
+            s.stall = Some(Stall::new(idle));
         }
     }
 }
@@ -1882,6 +1944,102 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(pool.idle_count(&s, &a), 1, "reusable");
+    }
+
+    /// A response body that trickles is not cut while it moves; once the upstream sends
+    /// nothing for the idle timeout the body fails, and the connection is not reused.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_body_the_upstream_stops_sending_fails_after_the_idle_timeout() {
+        let (pool, mut server) = pool_with_one_conn();
+        let (s, a) = endpoint();
+        let up = tokio::spawn(async move {
+            read_until(&mut server, b"\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                .await
+                .expect("write");
+            for piece in [&b"de"[..], b"f"] {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                server.write_all(piece).await.expect("write");
+            }
+            // Then silence, the connection held open.
+            server
+        });
+        let resp = pool
+            .send(&s, &a, request(Method::GET, &[], Empty::<Bytes>::new()))
+            .await
+            .expect("head");
+        let mut body = resp.into_body();
+        body.idle_timeout(Duration::from_secs(5));
+        let mut got = Vec::new();
+        let mut last = tokio::time::Instant::now();
+        let read = async {
+            loop {
+                match body.frame().await.expect("no end before the 10 bytes") {
+                    Ok(f) => {
+                        got.extend_from_slice(&f.into_data().expect("data"));
+                        last = tokio::time::Instant::now();
+                    }
+                    Err(e) => break e,
+                }
+            }
+        };
+        let err = tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("the body fails well before 60 s");
+        // Paused clock: exactly the timeout after the last byte.
+        assert_eq!(last.elapsed(), Duration::from_secs(5));
+        assert_eq!(got, b"abcdef", "3 s pauses are under the 5 s timeout");
+        assert!(
+            matches!(err, H1Error::Idle(d) if d == Duration::from_secs(5)),
+            "{err:?}"
+        );
+        assert!(body.frame().await.is_none(), "failed bodies end");
+        let server = up.await.expect("upstream");
+        assert_eq!(pool.idle_count(&s, &a), 0, "not reused");
+        drop(server);
+    }
+
+    /// An early complete answer dropped while the rest of the request is still to be sent, to
+    /// an upstream that stopped reading: the finishing task gives up after the idle timeout,
+    /// drops the client's body and does not pool the connection.
+    #[tokio::test(start_paused = true)]
+    async fn sending_the_rest_to_an_upstream_that_stopped_reading_is_given_up() {
+        let (pool, mut server) = pool_with_one_conn();
+        let (s, a) = endpoint();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let up = tokio::spawn(async move {
+            read_until(&mut server, b"first").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("write");
+            // Reads nothing more: the 1 KiB duplex buffer fills.
+            server
+        });
+        tx.send(Bytes::from_static(b"first")).await.expect("send");
+        let resp = pool
+            .send(&s, &a, request(Method::PUT, &[], Channel(rx)))
+            .await
+            .expect("head");
+        let mut body = resp.into_body();
+        body.idle_timeout(Duration::from_secs(5));
+        let ok = body.frame().await.expect("frame").expect("ok");
+        assert_eq!(ok.into_data().expect("data"), "ok");
+        drop(body);
+        let t0 = tokio::time::Instant::now();
+        tx.send(Bytes::from(vec![b'x'; 8192])).await.expect("send");
+        // The finishing task drops the request body when it gives up.
+        tokio::time::timeout(Duration::from_secs(60), tx.closed())
+            .await
+            .expect("given up well before 60 s");
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+            "{waited:?}"
+        );
+        assert_eq!(pool.idle_count(&s, &a), 0, "not reused");
+        drop(up.await.expect("upstream"));
     }
 
     #[tokio::test]

@@ -366,9 +366,17 @@ pub async fn serve_connection<Io, S, F, B>(
         };
         let resp = service(req, None).await;
         let keep = keep && !stopped.now();
-        let Ok(keep) = write_response(&mut w, &mut wbuf, resp, head_request, h.minor, keep).await
-        else {
-            return;
+        let keep = match write_response(&mut w, &mut wbuf, resp, head_request, h.minor, keep).await
+        {
+            Ok(keep) => keep,
+            Err(H1Error::Body(e)) => {
+                // The upstream failed mid-answer (the head is out): the client sees the
+                // connection end short of the body.
+                let error = crate::proxy::error_chain(&*e);
+                tracing::warn!(%error, "response body failed; client connection closed");
+                return;
+            }
+            Err(_) => return,
         };
         if let Some(back) = back {
             // The body took the read side: it comes back when the body is read to its end

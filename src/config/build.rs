@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time a client may take no response bytes (nginx send_timeout: 60 s).
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// From accept to the first complete request head, TLS handshake included (nginx
+/// client_header_timeout: 60 s; Envoy request_headers_timeout: off).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Collects services, shadows and routes into a [`Table`].
 pub struct Builder<'m> {
@@ -183,6 +186,7 @@ pub fn runtime(c: Common, table: Table) -> Runtime {
         max_connections: DEFAULT_MAX_CONNECTIONS,
         body_timeout: DEFAULT_BODY_TIMEOUT,
         send_timeout: DEFAULT_SEND_TIMEOUT,
+        header_timeout: DEFAULT_HEADER_TIMEOUT,
         max_body: None,
         head_limits: Default::default(),
         tls_listen: Vec::new(),

@@ -76,6 +76,10 @@ pub struct ServeFlags {
     /// A client that takes no response bytes for this long is disconnected (default 60s).
     #[arg(long, value_name = "DURATION")]
     pub send_timeout: Option<String>,
+    /// A new connection whose first request head is not complete this long after accept (TLS
+    /// handshake included) is closed (default 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub header_timeout: Option<String>,
     /// Client connections open at once (default 10000); past it accepting pauses.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -330,11 +334,25 @@ pub fn load_with_warnings(
         }
         rt.head_limits.max_headers = n;
     }
-    if let Some(t) = &f.body_timeout {
-        rt.body_timeout = super::parse_duration(t).map_err(|m| flag_err("--body-timeout", m))?;
-    }
-    if let Some(t) = &f.send_timeout {
-        rt.send_timeout = super::parse_duration(t).map_err(|m| flag_err("--send-timeout", m))?;
+    for (value, flag, field) in [
+        (&f.body_timeout, "--body-timeout", &mut rt.body_timeout),
+        (&f.send_timeout, "--send-timeout", &mut rt.send_timeout),
+        (
+            &f.header_timeout,
+            "--header-timeout",
+            &mut rt.header_timeout,
+        ),
+    ] {
+        if let Some(t) = value {
+            let d = super::parse_duration(t).map_err(|m| flag_err(flag, m))?;
+            if d.is_zero() {
+                return Err(flag_err(
+                    flag,
+                    "must be more than 0 (it would close every connection)",
+                ));
+            }
+            *field = d;
+        }
     }
     rt.control.state = f.state.clone();
     rt.control.token = admin_token(f)?;

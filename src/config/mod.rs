@@ -38,6 +38,9 @@ pub struct Runtime {
     pub body_timeout: Duration,
     /// A client that takes no response bytes for this long is disconnected (nginx send_timeout).
     pub send_timeout: Duration,
+    /// From accept to the first complete request head, TLS handshake and protocol detection
+    /// included (nginx client_header_timeout); past it the connection is closed.
+    pub header_timeout: Duration,
     /// A request body larger than this gets 413 (nginx client_max_body_size); `None`: no limit.
     pub max_body: Option<u64>,
     /// Request head size and field count (431 past either; 414 for a request line alone).

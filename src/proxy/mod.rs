@@ -68,6 +68,8 @@ pub struct State {
     pub body_timeout: Duration,
     /// An HTTP/1.1 client that takes no response bytes for this long is disconnected.
     pub send_timeout: Duration,
+    /// From accept to the first complete request head (TLS handshake included).
+    pub header_timeout: Duration,
     /// A request body larger than this fails (413); `None`: no limit.
     pub max_body: Option<u64>,
     /// Request head size and field count (431, 414).
@@ -173,6 +175,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
         let shutdown_timeout = rt.shutdown_timeout;
         let body_timeout = rt.body_timeout;
         let send_timeout = rt.send_timeout;
+        let header_timeout = rt.header_timeout;
         let max_body = rt.max_body;
         let head_limits = rt.head_limits;
         let client_tls = client_tls.clone();
@@ -210,6 +213,7 @@ pub async fn start(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Runnin
                         connection_slots: slots,
                         body_timeout,
                         send_timeout,
+                        header_timeout,
                         max_body,
                         head_limits,
                     });

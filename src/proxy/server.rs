@@ -21,8 +21,6 @@ use super::headers::ClientAddr;
 use super::tls::ServerTls;
 use super::{handler, State};
 
-/// How long a client may take to send its first request head (slowloris guard; nginx: 60 s).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a kept-alive HTTP/1.1 connection may stay idle (nginx's `keepalive_timeout`).
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -38,7 +36,7 @@ pub async fn serve(
     h2.timer(TokioTimer::new()).max_concurrent_streams(256);
     let settings = h1::Settings {
         limits: state.head_limits,
-        first_head: HEADER_READ_TIMEOUT,
+        first_head: state.header_timeout,
         keep_alive: KEEP_ALIVE_TIMEOUT,
         send: state.send_timeout,
     };
@@ -66,12 +64,15 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        // One deadline from accept for the TLS handshake, the protocol sniff and the first head.
+        let first_head_by = tokio::time::Instant::now() + state.header_timeout;
         let conn = Conn {
             state: state.clone(),
             h2: h2.clone(),
             settings,
             stop: stop.clone(),
             peer,
+            first_head_by,
         };
         let tls = tls.clone();
         let alive = alive.clone();
@@ -82,8 +83,7 @@ pub async fn serve(
                 None => conn.serve(stream, "http").await,
                 Some(tls) => {
                     let hs =
-                        tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor().accept(stream))
-                            .await;
+                        tokio::time::timeout_at(first_head_by, tls.acceptor().accept(stream)).await;
                     match hs {
                         Ok(Ok(s)) => conn.serve(s, "https").await,
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
@@ -117,6 +117,8 @@ struct Conn {
     settings: h1::Settings,
     stop: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
+    /// When the first request head must be complete (the header timeout after accept).
+    first_head_by: tokio::time::Instant,
 }
 
 impl Conn {
@@ -126,18 +128,20 @@ impl Conn {
         let Conn {
             state,
             h2,
-            settings,
+            mut settings,
             stop,
             peer,
+            first_head_by,
         } = self;
         let mut buf = BytesMut::with_capacity(8 * 1024);
         // A client that connects and says nothing is dropped like one that stalls its head.
-        let Ok(Ok(http2)) =
-            tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&mut io, &mut buf)).await
+        let Ok(Ok(http2)) = tokio::time::timeout_at(first_head_by, sniff(&mut io, &mut buf)).await
         else {
             tracing::debug!(%peer, "nothing sent before the header timeout");
             return;
         };
+        // What is left of the header timeout is the first head's (HTTP/2: hyper's settings).
+        settings.first_head = first_head_by.saturating_duration_since(tokio::time::Instant::now());
         // Formatted once: every request of this connection appends it to `x-forwarded-for`.
         let client = ClientAddr::from(peer.ip());
         if !http2 {

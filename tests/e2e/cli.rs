@@ -112,6 +112,19 @@ fn serve_rejects_bad_flags_with_the_flag_name() {
         err.contains("--mirror-percent: 101 is not between 0 and 100"),
         "{err}"
     );
+    // A zero timeout would close every connection: refused, by name.
+    for flag in ["--header-timeout", "--send-timeout", "--body-timeout"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--primary", "http://127.0.0.1:1", flag, "0s"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{flag}: must be more than 0")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -206,3 +206,55 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
         "the whole response arrived ({got} bytes): nothing was cut"
     );
 }
+
+/// `--header-timeout` counts from accept: a head trickled in pieces (each one progress) that
+/// is not complete by then closes the connection; a connection whose first head came in time
+/// may then stay idle past it (the keep-alive timeout applies, not this one).
+#[tokio::test]
+async fn the_first_head_must_be_complete_within_the_header_timeout_from_accept() {
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let mut f = flags(&primary.url(), &[]);
+    f.header_timeout = Some("400ms".into());
+    let proxy = Proxy::start(f).await;
+
+    // Trickled: a piece now, another at 200 ms, then nothing.
+    let mut slow = TcpStream::connect(proxy.addr).await.expect("connect");
+    let t0 = std::time::Instant::now();
+    slow.write_all(b"GET /slow HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    slow.write_all(b"host: a\r\n").await.expect("write");
+    closes(&mut slow, &[]).await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(400)
+            && waited < std::time::Duration::from_secs(5),
+        "closed {waited:?} after connecting"
+    );
+
+    // In time: answered, then idle for longer than the header timeout, then answered again.
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(b"GET /one HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, body) = response(&mut s, &mut buf).await.expect("answered");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"v1");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    s.write_all(b"GET /two HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, body) = response(&mut s, &mut buf)
+        .await
+        .expect("answered after idling");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"v1");
+    assert_eq!(
+        primary.received(),
+        2,
+        "the trickled head never reached the primary"
+    );
+    proxy.stop().await;
+}

@@ -486,3 +486,39 @@ spec:
         assert!(e.contains(want), "{to}\n{e}");
     }
 }
+
+/// The header timeout covers the TLS handshake: a client that connects to the TLS listener
+/// and sends nothing is closed when it runs out, counted from accept.
+#[tokio::test]
+async fn a_silent_tls_client_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new("silent");
+    let primary = Upstream::start(Behavior::Answer("v1")).await;
+    let mut f = flags(&primary.url(), &[]);
+    f.tls_listen = vec!["127.0.0.1:0".into()];
+    f.tls_cert = Some(pki.path("cert.pem"));
+    f.tls_key = Some(pki.path("key.pem"));
+    f.header_timeout = Some("300ms".into());
+    let proxy = Proxy::start(f).await;
+    let addr = proxy.running.as_ref().expect("running").tls_addrs[0];
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let t0 = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("closed before the deadline")
+        .unwrap_or(0);
+    let waited = t0.elapsed();
+    assert_eq!(n, 0, "nothing sent to a silent client: {rest:?}");
+    assert!(
+        waited >= std::time::Duration::from_millis(300)
+            && waited < std::time::Duration::from_secs(5),
+        "closed {waited:?} after connecting"
+    );
+    // A real client is still served.
+    let (status, _, body) = tls_get(&pki, addr, b"http/1.1", "/after")
+        .await
+        .expect("get");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
+    proxy.stop().await;
+}

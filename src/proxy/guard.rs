@@ -68,6 +68,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// `Connection: upgrade` on an HTTP/1.1 request without a body: the client may switch
+    /// protocols (whether it is let to is the handler's call).
+    pub upgrade: bool,
 }
 
 /// Parse and check one request head at the start of `bytes`: `None` while it is incomplete
@@ -124,6 +127,7 @@ fn check_with<'b>(
     let mut length: Option<u64> = None;
     let mut te = false;
     let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
+    let mut upgrade = false;
     fields.clear();
     for h in req.headers.iter() {
         let (n0, n1) = span(bytes, h.name.as_bytes());
@@ -149,6 +153,7 @@ fn check_with<'b>(
             for token in h.value.split(|b| *b == b',').map(trim_ows) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
         } else if h.name.eq_ignore_ascii_case("expect") {
             expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue");
@@ -172,6 +177,7 @@ fn check_with<'b>(
         close,
         keep_alive,
         expect_continue: expect_continue && http11,
+        upgrade: upgrade && http11 && body == Body::None,
     }))
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
@@ -21,7 +21,7 @@ use http_body_util::{Either, Empty};
 
 use super::error::{error_chain, ProxyError};
 use super::guard::Refusal;
-use super::h1::server::RequestBodyError;
+use super::h1::server::{CanUpgrade, RequestBodyError};
 use super::headers::{self, ClientAddr};
 use super::{PrimaryBody, ProxyBody, RequestBody, State};
 use crate::body::{BodyTimeout, BodyTooLarge, ClientBody};
@@ -67,6 +67,12 @@ pub async fn handle(
         return fail(state, ProxyError::BadRequest(why), &ctx, start);
     }
 
+    // A WebSocket upgrade, when the client's connection can be handed over (HTTP/1.1).
+    let upgrade = match parts.extensions.remove::<CanUpgrade>() {
+        Some(CanUpgrade) => headers::websocket_upgrade(&parts.headers),
+        None => None,
+    };
+
     // Identify.
     let mut host = headers::request_host(&parts);
     let request_id = headers::identify(&mut parts.headers, client, scheme);
@@ -101,6 +107,15 @@ pub async fn handle(
     // The route's action: header changes and rewrites reach the primary and the mirrors alike.
     let action = &route.action;
     action.request_headers.apply(&mut parts.headers);
+    // Hop-by-hop, stripped with the rest: asked of the primary again.
+    let upgrade = match upgrade {
+        Some(u) => {
+            parts.headers.insert(UPGRADE, u);
+            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            true
+        }
+        None => false,
+    };
     let mut path_and_query = original_pq;
     if let Some(rw) = &action.rewrite {
         if let Some(p) = rw.path(&path_and_query, matched.and_then(|m| m.uri.as_ref())) {
@@ -130,7 +145,8 @@ pub async fn handle(
         Sampling::Header(h) => parts.headers.get(h).map(|v| sample_hash(v.as_bytes())),
     };
     let mut tickets = Vec::new();
-    for m in &route.mirrors {
+    // An upgraded connection is a two-way stream only the primary can answer: never copied.
+    for m in route.mirrors.iter().filter(|_| !upgrade) {
         if let Some(t) = m.admit(&parts.method, declared_len, key) {
             tickets.push(t);
         }
@@ -234,7 +250,23 @@ pub async fn handle(
     };
     // The upstream going silent in the body: the same limit as for its head.
     resp.body_mut().idle_timeout(timeout);
+    let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switched && !upgrade {
+        // Only a client's own WebSocket upgrade may be answered with 101 (a route adding an
+        // `Upgrade` header does not make the client's connection one).
+        let e = ProxyError::Upstream {
+            upstream: ctx.upstream(),
+            reason: "101 Switching Protocols to a request that did not ask for it".into(),
+        };
+        return fail(state, e, &ctx, start);
+    }
+    let switched_to = switched
+        .then(|| resp.headers().get(UPGRADE).cloned())
+        .flatten();
     headers::strip_hop_by_hop(resp.headers_mut());
+    if let Some(u) = switched_to {
+        resp.headers_mut().insert(UPGRADE, u);
+    }
     action.response_headers.apply(resp.headers_mut());
     let status = resp.status().as_u16();
     route.primary_stats.observe(status, start.elapsed());

@@ -29,8 +29,22 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
+/// The `Upgrade` value of a request that asks to switch to WebSocket (the one upgrade proxied,
+/// as Envoy's default `upgrade_configs`); `None` for any other.
+pub fn websocket_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
+    let v = h.get(header::UPGRADE)?;
+    v.as_bytes()
+        .split(|b| *b == b',')
+        .any(|p| {
+            let p = p.trim_ascii();
+            let name = p.split(|b| *b == b'/').next().unwrap_or(p);
+            name.eq_ignore_ascii_case(b"websocket")
+        })
+        .then(|| v.clone())
+}
+
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
-/// `Upgrade` goes too: upgrades are not proxied (yet).
+/// `Upgrade` goes too (the handler puts it back for a WebSocket upgrade).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names finds which hop-by-hop ones are present (most messages carry
     // none, or only `Connection: keep-alive`); a hashed `remove` per possible name cost more

@@ -258,3 +258,176 @@ async fn the_first_head_must_be_complete_within_the_header_timeout_from_accept()
     );
     proxy.stop().await;
 }
+
+/// Read from `s` into `buf` until it holds `want` (bounded by the deadline).
+async fn read_until_has(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
+    tokio::time::timeout(DEADLINE, async {
+        let mut b = [0u8; 4096];
+        while !buf.windows(want.len()).any(|w| w == want) {
+            let n = s.read(&mut b).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&b[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no {want:?} before the deadline: {:?}",
+            String::from_utf8_lossy(buf)
+        )
+    });
+}
+
+/// A WebSocket upgrade (HTTP/1.1): the primary's `101` reaches the client and the two
+/// connections are joined both ways — bytes the client sent right after its head and bytes the
+/// primary sent right after its `101` included — until the client ends; the request reaches
+/// the primary with `Upgrade`/`Connection` and the proxy's headers, and no shadow gets a copy.
+#[tokio::test]
+async fn a_websocket_upgrade_is_tunnelled_to_the_primary_and_never_mirrored() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let primary = tokio::spawn(async move {
+        // 1: the upgrade. Echo upper-cased until the end of the client's stream.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nhello",
+        )
+        .await
+        .expect("write");
+        let mut pending = buf[end..].to_vec();
+        let mut b = [0u8; 4096];
+        loop {
+            if !pending.is_empty() {
+                s.write_all(&pending.to_ascii_uppercase())
+                    .await
+                    .expect("echo");
+                pending.clear();
+            }
+            let n = s.read(&mut b).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&b[..n]);
+        }
+        drop(s);
+        // 2: a plain request afterwards.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nv1")
+            .await
+            .expect("write");
+        head
+    });
+    let shadow = Upstream::start(Behavior::Answer("v2")).await;
+    let proxy = Proxy::start(flags(&format!("http://{addr}"), &[shadow.url()])).await;
+
+    let mut c = TcpStream::connect(proxy.addr).await.expect("connect");
+    c.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nearly",
+    )
+    .await
+    .expect("write");
+    let mut got = Vec::new();
+    read_until_has(&mut c, &mut got, b"EARLY").await;
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(
+        text.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{text}"
+    );
+    for h in [
+        "upgrade: websocket\r\n",
+        "connection: upgrade\r\n",
+        "sec-websocket-accept: ",
+    ] {
+        assert!(text.contains(h), "{h} in {text}");
+    }
+    assert!(
+        text.contains("\r\n\r\nhello"),
+        "the primary's first bytes: {text}"
+    );
+    c.write_all(b"ping").await.expect("write");
+    read_until_has(&mut c, &mut got, b"PING").await;
+    // The client ends: the primary sees the end, closes, and so does the proxy.
+    c.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, c.read_to_end(&mut rest))
+        .await
+        .expect("closed after both ends")
+        .expect("read");
+
+    // Plain traffic still flows; the shadow's first copy is of it, not of the upgrade.
+    let (st, body) = get(&client(), &proxy.url("/after")).await;
+    assert_eq!((st.as_u16(), &body[..]), (200, &b"v1"[..]));
+    let head = primary.await.expect("primary");
+    for h in [
+        "get /chat http/1.1\r\n",
+        "upgrade: websocket\r\n",
+        "connection: upgrade\r\n",
+        "sec-websocket-key: dghlihnhbxbszsbub25jzq==\r\n",
+        "x-forwarded-for: 127.0.0.1\r\n",
+        "x-request-id: ",
+    ] {
+        assert!(head.contains(h), "{h} in {head}");
+    }
+    assert_eq!(shadow.next().await.target, "/after");
+    assert_eq!(shadow.received(), 1);
+    proxy.stop().await;
+}
+
+/// Only WebSocket upgrades are proxied: an `h2c` upgrade reaches the primary as a plain request
+/// (no `Upgrade`), and a `101` to a request that did not ask for one is a 502, not a tunnel.
+#[tokio::test]
+async fn other_upgrades_are_plain_requests_and_an_unasked_101_is_a_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let primary = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
+        let first = String::from_utf8_lossy(&buf).to_lowercase();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+            .await
+            .expect("write");
+        first
+    });
+    let proxy = Proxy::start(flags(&format!("http://{addr}"), &[])).await;
+    let mut c = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    c.write_all(b"GET /h2c HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, body) = response(&mut c, &mut buf).await.expect("answered");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"plain");
+    c.write_all(b"GET /switch HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, body) = response(&mut c, &mut buf).await.expect("answered");
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("101 Switching Protocols without an upgrade"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let first = primary.await.expect("primary");
+    assert!(first.starts_with("get /h2c http/1.1\r\n"), "{first}");
+    assert!(!first.contains("upgrade"), "{first}");
+    assert!(!first.contains("http2-settings"), "{first}");
+    proxy.stop().await;
+}

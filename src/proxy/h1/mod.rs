@@ -30,7 +30,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -133,7 +135,7 @@ impl<Io: Transport> Conn<Io> {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let framing = encode_head(&mut self.wbuf, &req);
+        let (framing, upgrade) = encode_head(&mut self.wbuf, &req);
         let head_request = req.method() == Method::HEAD;
         let mut out = Outgoing {
             head: std::mem::take(&mut self.wbuf),
@@ -188,7 +190,7 @@ impl<Io: Transport> Conn<Io> {
                     Poll::Pending => {}
                 }
             }
-            match self.poll_head(cx, head_request) {
+            match self.poll_head(cx, head_request, upgrade) {
                 Poll::Ready(Err(e)) => Poll::Ready(Err(match write_failed.take() {
                     Some(w) if matches!(e, H1Error::ClosedBeforeHead) => H1Error::Io(w),
                     _ => e,
@@ -202,6 +204,12 @@ impl<Io: Transport> Conn<Io> {
             unsent: None,
         })?;
         let mut head = head;
+        if head.status == StatusCode::SWITCHING_PROTOCOLS && !out.finished {
+            return Err(Failure {
+                error: H1Error::Invalid("101 Switching Protocols before the request was sent"),
+                unsent: None,
+            });
+        }
         if write_failed.is_some() {
             // Nothing more can be sent: the answer stands, the connection is spent.
             head.keep_alive = false;
@@ -220,10 +228,11 @@ impl<Io: Transport> Conn<Io> {
         &mut self,
         cx: &mut Context<'_>,
         head_request: bool,
+        upgrade: bool,
     ) -> Poll<Result<Head, H1Error>> {
         loop {
             if !self.rbuf.is_empty() {
-                if let Some(head) = parse_head(&mut self.rbuf, head_request)? {
+                if let Some(head) = parse_head(&mut self.rbuf, head_request, upgrade)? {
                     return Poll::Ready(Ok(head));
                 }
                 if self.rbuf.len() >= MAX_HEAD_BYTES {
@@ -251,6 +260,21 @@ impl<Io: Transport> Conn<Io> {
         sending: Option<Box<dyn SendRest<Io>>>,
         release: Release<Io>,
     ) -> Response<UpstreamBody<Io>> {
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            // Upgraded: the connection (and what came after the head) is the tunnel's now.
+            let tunnel = Upgraded::new(Rewind {
+                prefix: self.rbuf.split().freeze(),
+                io: self.io,
+            });
+            let mut resp = Response::new(UpstreamBody {
+                state: BodyState::Done,
+            });
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = head.headers;
+            resp.extensions_mut().insert(tunnel);
+            return resp;
+        }
         let reusable = head.keep_alive;
         let state = match head.framing {
             // The request is still being sent: the body (even an empty one) ends only once it
@@ -331,7 +355,10 @@ fn request_framing<B: Body>(req: &Request<B>) -> Framing {
 /// The request head as an HTTP/1.1 upstream reads it, into `buf`: request line, `name: value`
 /// lines in map order, the framing header. `Transfer-Encoding` (hop-by-hop) is never copied; a
 /// `Content-Length` only when there is no body to frame.
-pub(crate) fn encode_head<B: Body>(buf: &mut Vec<u8>, req: &Request<B>) -> Framing {
+///
+/// Also says whether the request asks for an upgrade (has `Upgrade`): only then may its
+/// answer be `101`.
+pub(crate) fn encode_head<B: Body>(buf: &mut Vec<u8>, req: &Request<B>) -> (Framing, bool) {
     let framing = request_framing(req);
     buf.clear();
     buf.extend_from_slice(req.method().as_str().as_bytes());
@@ -349,10 +376,12 @@ pub(crate) fn encode_head<B: Body>(buf: &mut Vec<u8>, req: &Request<B>) -> Frami
     }
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_length = false;
+    let mut upgrade = false;
     for (name, value) in req.headers() {
         if name == TRANSFER_ENCODING {
             continue;
         }
+        upgrade |= name == UPGRADE;
         if name == CONTENT_LENGTH {
             if framing != Framing::None {
                 continue;
@@ -379,7 +408,7 @@ pub(crate) fn encode_head<B: Body>(buf: &mut Vec<u8>, req: &Request<B>) -> Frami
         Framing::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     buf.extend_from_slice(b"\r\n");
-    framing
+    (framing, upgrade)
 }
 
 fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
@@ -600,7 +629,13 @@ struct Head {
 
 /// Parse a response head at the front of `buf`: `None` while incomplete. Interim (1xx)
 /// answers are consumed and skipped. The head's bytes leave `buf`; header values share them.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
+/// `upgrade`: the request asked for one, so a `101` is its final answer (the connection then
+/// carries the new protocol).
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    upgrade: bool,
+) -> Result<Option<Head>, H1Error> {
     loop {
         let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -632,14 +667,19 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
             Err(_) => return Err(H1Error::Invalid("malformed response head")),
         };
         let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("status code"))?;
+        let mut switched = false;
         if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                let _ = buf.split_to(len);
+                continue;
+            }
+            if !upgrade {
                 return Err(H1Error::Invalid(
                     "101 Switching Protocols without an upgrade",
                 ));
             }
-            let _ = buf.split_to(len);
-            continue;
+            // The final answer to an upgrade: no body, the connection is the new protocol's.
+            switched = true;
         }
         let head = buf.split_to(len).freeze();
         // Room for what the proxy adds to a response without growing the map.
@@ -707,6 +747,15 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
         };
         if framing == BodyFraming::Close {
             keep_alive = false;
+        }
+        if switched {
+            return Ok(Some(Head {
+                status,
+                version,
+                headers,
+                framing: BodyFraming::Empty,
+                keep_alive: false,
+            }));
         }
         return Ok(Some(Head {
             status,
@@ -1187,6 +1236,81 @@ impl<Io: Transport> std::fmt::Debug for UpstreamBody<Io> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Upgraded connections (`101 Switching Protocols`).
+
+/// A byte stream both ways: what an upgraded connection becomes.
+pub trait Tunnel: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Tunnel for T {}
+
+/// The upstream side of an upgraded exchange, in the `101` response's extensions: the server
+/// takes it and joins it to the client's connection.
+#[derive(Clone)]
+pub struct Upgraded(Arc<std::sync::Mutex<Option<Box<dyn Tunnel>>>>);
+
+impl Upgraded {
+    fn new(t: impl Tunnel + 'static) -> Upgraded {
+        Upgraded(Arc::new(std::sync::Mutex::new(Some(Box::new(t)))))
+    }
+
+    /// The stream, once.
+    pub fn take(&self) -> Option<Box<dyn Tunnel>> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// A stream whose first bytes were read already: they are read again first.
+pub(crate) struct Rewind<I> {
+    pub prefix: Bytes,
+    pub io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            bytes::Buf::advance(&mut self.prefix, n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The proxy's transport: TCP, or TLS over it.
 
 /// A connection to an upstream: plain TCP or TLS (rustls) over TCP.
@@ -1379,7 +1503,7 @@ fn read_response(pieces: &[&[u8]], head_request: bool) -> ReadOutcome {
     for piece in pieces {
         buf.extend_from_slice(piece);
         if head.is_none() {
-            match parse_head(&mut buf, head_request) {
+            match parse_head(&mut buf, head_request, false) {
                 Ok(Some(h)) => {
                     let fields: Vec<String> = h
                         .headers
@@ -1435,7 +1559,7 @@ mod tests {
 
     fn head_of(raw: &[u8], head_request: bool) -> Result<Option<(Head, BytesMut)>, H1Error> {
         let mut buf = BytesMut::from(raw);
-        Ok(parse_head(&mut buf, head_request)?.map(|h| (h, buf)))
+        Ok(parse_head(&mut buf, head_request, false)?.map(|h| (h, buf)))
     }
 
     fn framing(raw: &str) -> (BodyFraming, bool) {
@@ -1538,7 +1662,7 @@ mod tests {
         // Incomplete: nothing consumed.
         let partial = b"HTTP/1.1 200 OK\r\ncontent-len";
         let mut buf = BytesMut::from(&partial[..]);
-        assert!(parse_head(&mut buf, false)
+        assert!(parse_head(&mut buf, false, false)
             .expect("so far so good")
             .is_none());
         assert_eq!(buf.len(), partial.len());

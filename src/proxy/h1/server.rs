@@ -35,7 +35,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::{fill, BoxError, ChunkPrefix, Chunked, Decoder, H1Error, Outgoing, MIN_READ};
+use super::{
+    fill, BoxError, ChunkPrefix, Chunked, Decoder, H1Error, Outgoing, Rewind, Upgraded, MIN_READ,
+};
 use crate::proxy::guard::{self, FieldSpan, HeadLimits, Refusal, RequestHead};
 
 /// A timer this close to its deadline is left as is (see the module docs).
@@ -45,6 +47,8 @@ const TIMER_SLACK: Duration = Duration::from_secs(5);
 /// client's feet before it has read the answer (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
+/// After one side of an upgraded connection has ended, the other's last bytes get this long.
+const TUNNEL_DRAIN: Duration = Duration::from_secs(60);
 
 /// The server's limits and timeouts.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +62,11 @@ pub struct Settings {
     /// `send_timeout`: between two writes, not for the whole response).
     pub send: Duration,
 }
+
+/// In a request's extensions: the client's connection can be handed over if the answer is
+/// `101 Switching Protocols` (an HTTP/1.1 request with `Connection: upgrade` and no body).
+#[derive(Debug, Clone, Copy)]
+pub struct CanUpgrade;
 
 /// A client connection's stream, in two halves: the request body reads one while the
 /// response is written to the other.
@@ -351,7 +360,10 @@ pub async fn serve_connection<Io, S, F, B>(
                 return;
             }
         };
-        let (req, back) = attach_body(req, &h, &mut reader);
+        let (mut req, back) = attach_body(req, &h, &mut reader);
+        if h.upgrade {
+            req.extensions_mut().insert(CanUpgrade);
+        }
         if back.is_some()
             && h.expect_continue
             && w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
@@ -364,7 +376,22 @@ pub async fn serve_connection<Io, S, F, B>(
         } else {
             !h.close
         };
-        let resp = service(req, None).await;
+        let mut resp = service(req, None).await;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only an upgrade the client asked for comes back as 101, with the upstream's side.
+            let upstream = resp
+                .extensions_mut()
+                .remove::<Upgraded>()
+                .and_then(|u| u.take());
+            if let (Some(upstream), Some(rd), true) = (upstream, reader.take(), back.is_none()) {
+                encode_switch(&mut wbuf, resp.headers());
+                if w.write_all(&wbuf).await.is_ok() {
+                    // Boxed: the connection's future stays as small as it is without it.
+                    Box::pin(tunnel(rd, w, upstream)).await;
+                }
+            }
+            return;
+        }
         let keep = keep && !stopped.now();
         let keep = match write_response(&mut w, &mut wbuf, resp, head_request, h.minor, keep).await
         {
@@ -402,6 +429,39 @@ pub async fn serve_connection<Io, S, F, B>(
         if !keep {
             close(&mut w, reader.take()).await;
             return;
+        }
+    }
+}
+
+/// An upgraded connection: bytes both ways until each side has ended its direction (a side
+/// that ends its sending gets the other's shutdown passed on; the rest still flows back).
+async fn tunnel<R, W>(client: Reader<R>, mut to_client: W, upstream: Box<dyn super::Tunnel>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Whatever the client sent after its head is the new protocol's first bytes.
+    let mut from_client = Rewind {
+        prefix: client.buf.freeze(),
+        io: client.io,
+    };
+    let (mut from_upstream, mut to_upstream) = tokio::io::split(upstream);
+    let mut up = std::pin::pin!(async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_upstream).await;
+        let _ = to_upstream.shutdown().await;
+    });
+    let mut down = std::pin::pin!(async {
+        let _ = tokio::io::copy(&mut from_upstream, &mut to_client).await;
+        let _ = to_client.shutdown().await;
+    });
+    // Once one side has ended, the other has a while to finish (a peer that never closes
+    // would otherwise hold the connection forever).
+    tokio::select! {
+        () = &mut up => {
+            let _ = tokio::time::timeout(TUNNEL_DRAIN, down).await;
+        }
+        () = &mut down => {
+            let _ = tokio::time::timeout(TUNNEL_DRAIN, up).await;
         }
     }
 }
@@ -800,6 +860,23 @@ fn encode_response(
     }
     buf.extend_from_slice(b"\r\n");
     framing
+}
+
+/// The head of a `101 Switching Protocols`: the upstream's fields (its `Upgrade` among them),
+/// `Connection: upgrade` of our own, no framing (the connection becomes the tunnel).
+fn encode_switch(buf: &mut Vec<u8>, headers: &HeaderMap) {
+    buf.clear();
+    buf.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in headers {
+        if name == CONNECTION || name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+            continue;
+        }
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"connection: upgrade\r\n\r\n");
 }
 
 /// Read and drop what the client still sends, briefly, before the connection is closed.

@@ -77,7 +77,7 @@ pub struct ServeFlags {
     #[arg(long, value_name = "DURATION")]
     pub send_timeout: Option<String>,
     /// A new connection whose first request head is not complete this long after accept (TLS
-    /// handshake included) is closed (default 30s).
+    /// handshake included) is closed (default 30s). HTTP/2: the handshake and the preface.
     #[arg(long, value_name = "DURATION")]
     pub header_timeout: Option<String>,
     /// Client connections open at once (default 10000); past it accepting pauses.

@@ -68,10 +68,8 @@ pub async fn handle(
     }
 
     // A WebSocket upgrade, when the client's connection can be handed over (HTTP/1.1).
-    let upgrade = match parts.extensions.remove::<CanUpgrade>() {
-        Some(CanUpgrade) => headers::websocket_upgrade(&parts.headers),
-        None => None,
-    };
+    let upgrade = parts.extensions.remove::<CanUpgrade>().is_some()
+        && headers::offers_websocket(parts.headers.get(UPGRADE));
 
     // Identify.
     let mut host = headers::request_host(&parts);
@@ -107,15 +105,16 @@ pub async fn handle(
     // The route's action: header changes and rewrites reach the primary and the mirrors alike.
     let action = &route.action;
     action.request_headers.apply(&mut parts.headers);
-    // Hop-by-hop, stripped with the rest: asked of the primary again.
-    let upgrade = match upgrade {
-        Some(u) => {
-            parts.headers.insert(UPGRADE, u);
-            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            true
-        }
-        None => false,
-    };
+    if upgrade {
+        // Hop-by-hop, stripped with the rest: asked of the primary again, for WebSocket only
+        // (whatever else the client offered, the upstream cannot pick).
+        parts
+            .headers
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let mut path_and_query = original_pq;
     if let Some(rw) = &action.rewrite {
         if let Some(p) = rw.path(&path_and_query, matched.and_then(|m| m.uri.as_ref())) {
@@ -251,12 +250,13 @@ pub async fn handle(
     // The upstream going silent in the body: the same limit as for its head.
     resp.body_mut().idle_timeout(timeout);
     let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    if switched && !upgrade {
-        // Only a client's own WebSocket upgrade may be answered with 101 (a route adding an
-        // `Upgrade` header does not make the client's connection one).
+    if switched && !(upgrade && headers::offers_websocket(resp.headers().get(UPGRADE))) {
+        // Only a client's own WebSocket upgrade may be answered with 101, and only by a switch
+        // to WebSocket (a route adding an `Upgrade` header does not make the client's
+        // connection one).
         let e = ProxyError::Upstream {
             upstream: ctx.upstream(),
-            reason: "101 Switching Protocols to a request that did not ask for it".into(),
+            reason: "101 Switching Protocols not to the WebSocket the client asked for".into(),
         };
         return fail(state, e, &ctx, start);
     }

@@ -29,18 +29,16 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
-/// The `Upgrade` value of a request that asks to switch to WebSocket (the one upgrade proxied,
-/// as Envoy's default `upgrade_configs`); `None` for any other.
-pub fn websocket_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
-    let v = h.get(header::UPGRADE)?;
-    v.as_bytes()
-        .split(|b| *b == b',')
-        .any(|p| {
+/// Whether an `Upgrade` value offers WebSocket (the one upgrade proxied, as Envoy's default
+/// `upgrade_configs`): a request's that lists it, or a `101`'s that chose it.
+pub fn offers_websocket(v: Option<&HeaderValue>) -> bool {
+    v.is_some_and(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|p| {
             let p = p.trim_ascii();
             let name = p.split(|b| *b == b'/').next().unwrap_or(p);
             name.eq_ignore_ascii_case(b"websocket")
         })
-        .then(|| v.clone())
+    })
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.

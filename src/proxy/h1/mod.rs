@@ -150,6 +150,7 @@ impl<Io: Transport> Conn<Io> {
                 _ => None,
             },
             sent: 0,
+            written: 0,
             finished: false,
         };
 
@@ -158,7 +159,10 @@ impl<Io: Transport> Conn<Io> {
             // connection takes it at all: refused outright (an idle connection the upstream
             // closed), the request is still whole and can go elsewhere.
             match poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, &out.head)).await {
-                Ok(n) if n > 0 => out.head_pos = n,
+                Ok(n) if n > 0 => {
+                    out.head_pos = n;
+                    out.written = n as u64;
+                }
                 Ok(_) => {
                     return Err(Failure {
                         error: H1Error::Io(io::ErrorKind::WriteZero.into()),
@@ -470,6 +474,8 @@ struct Outgoing<B> {
     chunked: bool,
     declared: Option<u64>,
     sent: u64,
+    /// Bytes the connection took (head, framing and body).
+    written: u64,
     finished: bool,
 }
 
@@ -493,6 +499,7 @@ where
     }
 
     fn advance(&mut self, mut n: usize) {
+        self.written += n as u64;
         let h = (self.head.len() - self.head_pos).min(n);
         self.head_pos += h;
         n -= h;
@@ -603,8 +610,7 @@ where
     }
 
     fn progress(&self) -> u64 {
-        // A body piece is taken only once the one before it was written.
-        self.sent + self.head_pos as u64
+        self.written
     }
 }
 
@@ -1077,9 +1083,14 @@ impl<Io: Transport> Streaming<Io> {
         let Some(stall) = self.stall.as_mut() else {
             return r;
         };
-        if r.is_ready() || self.sending.as_ref().map(|s| s.progress()) != before {
+        if r.is_ready() {
             stall.progressed();
             return r;
+        }
+        if self.sending.as_ref().map(|s| s.progress()) != before {
+            // The upstream took more of the request: a new stall starts now (and is timed:
+            // nothing else may wake this body).
+            stall.progressed();
         }
         match stall.poll_stalled(cx) {
             Poll::Ready(()) => {
@@ -2122,6 +2133,67 @@ mod tests {
         let server = up.await.expect("upstream");
         assert_eq!(pool.idle_count(&s, &a), 0, "not reused");
         drop(server);
+    }
+
+    /// An early answer whose upload then completes: the poll that finishes sending is also the
+    /// one that starts timing the silence after it (a response the upstream then never ends
+    /// fails after the idle timeout instead of waiting for ever).
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_an_early_answers_upload_ends_is_timed_too() {
+        let (pool, mut server) = pool_with_one_conn();
+        let (s, a) = endpoint();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let up = tokio::spawn(async move {
+            read_until(&mut server, b"first").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                .await
+                .expect("write");
+            read_until(&mut server, b"0\r\n\r\n").await;
+            // The whole request is in; the rest of the answer never comes.
+            server
+        });
+        tx.send(Bytes::from_static(b"first")).await.expect("send");
+        let resp = pool
+            .send(&s, &a, request(Method::PUT, &[], Channel(rx)))
+            .await
+            .expect("head");
+        let mut body = resp.into_body();
+        body.idle_timeout(Duration::from_secs(5));
+        let first = body.frame().await.expect("frame").expect("ok");
+        assert_eq!(first.into_data().expect("data"), "0123456789");
+        tx.send(Bytes::from_static(b"second")).await.expect("send");
+        drop(tx);
+        let next = tokio::time::timeout(Duration::from_secs(60), body.frame())
+            .await
+            .expect("the body fails well before 60 s");
+        assert!(
+            matches!(next, Some(Err(H1Error::Idle(_)))),
+            "{:?}",
+            next.map(|r| r.map(|f| f.into_data().ok()))
+        );
+        drop(up.await.expect("upstream"));
+    }
+
+    /// `101` is a final answer only to a request that asked for an upgrade (then it has no
+    /// body, the connection is not reused, and what follows its head stays in the buffer).
+    #[test]
+    fn switching_protocols_only_when_asked() {
+        let wire = &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nframes"[..];
+        let mut buf = BytesMut::from(wire);
+        let h = parse_head(&mut buf, false, true)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(h.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(h.framing, BodyFraming::Empty);
+        assert!(!h.keep_alive);
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert_eq!(&buf[..], b"frames");
+        let mut buf = BytesMut::from(wire);
+        assert!(
+            parse_head(&mut buf, false, false).is_err(),
+            "not asked: refused"
+        );
     }
 
     /// An early complete answer dropped while the rest of the request is still to be sent, to

@@ -47,8 +47,9 @@ const TIMER_SLACK: Duration = Duration::from_secs(5);
 /// client's feet before it has read the answer (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
-/// After one side of an upgraded connection has ended, the other's last bytes get this long.
-const TUNNEL_DRAIN: Duration = Duration::from_secs(60);
+/// An upgraded connection with no byte either way for this long is closed (Envoy's stream idle
+/// timeout; nginx applies `proxy_read_timeout`, 60 s).
+const TUNNEL_IDLE: Duration = Duration::from_secs(300);
 
 /// The server's limits and timeouts.
 #[derive(Debug, Clone, Copy)]
@@ -387,7 +388,7 @@ pub async fn serve_connection<Io, S, F, B>(
                 encode_switch(&mut wbuf, resp.headers());
                 if w.write_all(&wbuf).await.is_ok() {
                     // Boxed: the connection's future stays as small as it is without it.
-                    Box::pin(tunnel(rd, w, upstream)).await;
+                    Box::pin(tunnel(rd, w, upstream, &mut stopped)).await;
                 }
             }
             return;
@@ -433,10 +434,14 @@ pub async fn serve_connection<Io, S, F, B>(
     }
 }
 
-/// An upgraded connection: bytes both ways until each side has ended its direction (a side
-/// that ends its sending gets the other's shutdown passed on; the rest still flows back).
-async fn tunnel<R, W>(client: Reader<R>, mut to_client: W, upstream: Box<dyn super::Tunnel>)
-where
+/// An upgraded connection: bytes both ways, each side's end passed on to the other, until both
+/// have ended — or no byte came either way for [`TUNNEL_IDLE`], or the server stops.
+async fn tunnel<R, W>(
+    client: Reader<R>,
+    mut to_client: W,
+    upstream: Box<dyn super::Tunnel>,
+    stopped: &mut Stop,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -446,23 +451,56 @@ where
         io: client.io,
     };
     let (mut from_upstream, mut to_upstream) = tokio::io::split(upstream);
-    let mut up = std::pin::pin!(async {
-        let _ = tokio::io::copy(&mut from_client, &mut to_upstream).await;
-        let _ = to_upstream.shutdown().await;
-    });
-    let mut down = std::pin::pin!(async {
-        let _ = tokio::io::copy(&mut from_upstream, &mut to_client).await;
-        let _ = to_client.shutdown().await;
-    });
-    // Once one side has ended, the other has a while to finish (a peer that never closes
-    // would otherwise hold the connection forever).
+    // When a byte last came, in milliseconds after `start` (shared by both directions).
+    let start = Instant::now();
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    let both = async {
+        tokio::join!(
+            pump(&mut from_client, &mut to_upstream, start, &seen),
+            pump(&mut from_upstream, &mut to_client, start, &seen),
+        )
+    };
+    let idle = async {
+        loop {
+            let last =
+                start + Duration::from_millis(seen.load(std::sync::atomic::Ordering::Relaxed));
+            if last + TUNNEL_IDLE <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(last + TUNNEL_IDLE).await;
+        }
+    };
     tokio::select! {
-        () = &mut up => {
-            let _ = tokio::time::timeout(TUNNEL_DRAIN, down).await;
+        _ = both => {}
+        () = idle => tracing::debug!("upgraded connection idle; closed"),
+        () = poll_fn(|cx| if stopped.poll(cx) { Poll::Ready(()) } else { Poll::Pending }) => {}
+    }
+}
+
+/// One direction of a tunnel: what is read is written on (flushed: TLS buffers), and the end
+/// of the stream is passed on as a shutdown. `seen`: when a byte last came, in milliseconds
+/// after `start`.
+async fn pump<R, Wr>(
+    r: &mut R,
+    w: &mut Wr,
+    start: Instant,
+    seen: &std::sync::atomic::AtomicU64,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    Wr: AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
         }
-        () = &mut down => {
-            let _ = tokio::time::timeout(TUNNEL_DRAIN, up).await;
-        }
+        let ms = start.elapsed().as_millis() as u64;
+        seen.store(ms, std::sync::atomic::Ordering::Relaxed);
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
     }
 }
 
@@ -766,6 +804,7 @@ where
         chunked: framing.chunked,
         declared: framing.length,
         sent: 0,
+        written: 0,
         finished: false,
     };
     if framing.bodiless {

@@ -187,33 +187,17 @@ routes:
 #[tokio::test]
 async fn a_primary_silent_in_its_body_is_given_up_after_the_request_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = raw_upstream().await;
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let upstream = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
-        let mut b = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut b).await.expect("read");
-            assert!(n > 0, "proxy closed before its request head");
-            head.extend_from_slice(&b[..n]);
-        }
+        let (mut s, _, _) = accept_head(&listener).await;
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
             .await
             .expect("write");
         // Silent, connection held, until the test is done.
         let _ = release_rx.await;
         // The next request gets a connection of its own and an answer.
-        let (mut s2, _) = listener.accept().await.expect("accept");
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s2.read(&mut b).await.expect("read");
-            assert!(n > 0);
-            got.extend_from_slice(&b[..n]);
-        }
+        let (mut s2, _, _) = accept_head(&listener).await;
         s2.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain")
             .await
             .expect("write");

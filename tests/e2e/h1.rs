@@ -285,24 +285,16 @@ async fn read_until_has(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
 /// the primary with `Upgrade`/`Connection` and the proxy's headers, and no shadow gets a copy.
 #[tokio::test]
 async fn a_websocket_upgrade_is_tunnelled_to_the_primary_and_never_mirrored() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = raw_upstream().await;
     let primary = tokio::spawn(async move {
         // 1: the upgrade. Echo upper-cased until the end of the client's stream.
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut buf = Vec::new();
-        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
-        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let (mut s, head, mut pending) = accept_head(&listener).await;
         s.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nhello",
         )
         .await
         .expect("write");
-        let mut pending = buf[end..].to_vec();
         let mut b = [0u8; 4096];
         loop {
             if !pending.is_empty() {
@@ -319,9 +311,7 @@ async fn a_websocket_upgrade_is_tunnelled_to_the_primary_and_never_mirrored() {
         }
         drop(s);
         // 2: a plain request afterwards.
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut buf = Vec::new();
-        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
+        let (mut s, _, _) = accept_head(&listener).await;
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nv1")
             .await
             .expect("write");
@@ -388,15 +378,9 @@ async fn a_websocket_upgrade_is_tunnelled_to_the_primary_and_never_mirrored() {
 /// (no `Upgrade`), and a `101` to a request that did not ask for one is a 502, not a tunnel.
 #[tokio::test]
 async fn other_upgrades_are_plain_requests_and_an_unasked_101_is_a_502() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = raw_upstream().await;
     let primary = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut buf = Vec::new();
-        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
-        let first = String::from_utf8_lossy(&buf).to_lowercase();
+        let (mut s, first, _) = accept_head(&listener).await;
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
             .await
             .expect("write");
@@ -438,14 +422,9 @@ async fn other_upgrades_are_plain_requests_and_an_unasked_101_is_a_502() {
 /// the client a 502. (A route cannot add `Upgrade`: config refuses hop-by-hop headers.)
 #[tokio::test]
 async fn a_101_not_to_the_clients_websocket_is_a_502() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = raw_upstream().await;
     let primary = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut buf = Vec::new();
-        read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
+        let (mut s, head, _) = accept_head(&listener).await;
         s.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
         )
@@ -454,7 +433,7 @@ async fn a_101_not_to_the_clients_websocket_is_a_502() {
         // Held until the proxy lets go of it.
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest)).await;
-        String::from_utf8_lossy(&buf).to_lowercase()
+        head
     });
     let proxy = Proxy::start(flags(&format!("http://{addr}"), &[])).await;
     let mut c = TcpStream::connect(proxy.addr).await.expect("connect");

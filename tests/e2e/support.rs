@@ -432,3 +432,42 @@ pub fn write_cfg(name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&p, text).expect("write");
     p
 }
+
+/// An upstream answered by hand, for tests that need exact bytes on the wire: a listener on
+/// 127.0.0.1, port 0.
+pub async fn raw_upstream() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    (l, addr)
+}
+
+/// Accept one connection and read its request head (bounded by [`DEADLINE`]): the stream, the
+/// head lower-cased, and whatever came after the head.
+pub async fn accept_head(l: &TcpListener) -> (tokio::net::TcpStream, String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let (mut s, _) = tokio::time::timeout(DEADLINE, l.accept())
+        .await
+        .expect("a connection before the deadline")
+        .expect("accept");
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return i + 4;
+            }
+            let n = s.read(&mut b).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before the head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&b[..n]);
+        }
+    })
+    .await
+    .expect("a request head before the deadline");
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let rest = buf[end..].to_vec();
+    (s, head, rest)
+}

@@ -2135,22 +2135,27 @@ mod tests {
         drop(server);
     }
 
-    /// An early answer whose upload then completes: the poll that finishes sending is also the
-    /// one that starts timing the silence after it (a response the upstream then never ends
-    /// fails after the idle timeout instead of waiting for ever).
-    #[tokio::test(start_paused = true)]
-    async fn silence_after_an_early_answers_upload_ends_is_timed_too() {
+    /// A PUT whose body the test feeds (`first` sent) to an upstream that answers `answer` once
+    /// it has `first`, then reads until `until` (nothing more when `None`) and holds the
+    /// connection open; the response's body gets a 5 s idle timeout.
+    async fn put_answered_early(
+        answer: &'static [u8],
+        until: Option<&'static [u8]>,
+    ) -> (
+        TestPool,
+        tokio::sync::mpsc::Sender<Bytes>,
+        UpstreamBody<Mem>,
+        tokio::task::JoinHandle<DuplexStream>,
+    ) {
         let (pool, mut server) = pool_with_one_conn();
         let (s, a) = endpoint();
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let up = tokio::spawn(async move {
             read_until(&mut server, b"first").await;
-            server
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
-                .await
-                .expect("write");
-            read_until(&mut server, b"0\r\n\r\n").await;
-            // The whole request is in; the rest of the answer never comes.
+            server.write_all(answer).await.expect("write");
+            if let Some(until) = until {
+                read_until(&mut server, until).await;
+            }
             server
         });
         tx.send(Bytes::from_static(b"first")).await.expect("send");
@@ -2160,6 +2165,20 @@ mod tests {
             .expect("head");
         let mut body = resp.into_body();
         body.idle_timeout(Duration::from_secs(5));
+        (pool, tx, body, up)
+    }
+
+    /// An early answer whose upload then completes: the poll that finishes sending is also the
+    /// one that starts timing the silence after it (a response the upstream then never ends
+    /// fails after the idle timeout instead of waiting for ever).
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_an_early_answers_upload_ends_is_timed_too() {
+        // The whole request is read; the rest of the answer never comes.
+        let (_pool, tx, mut body, up) = put_answered_early(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+            Some(b"0\r\n\r\n"),
+        )
+        .await;
         let first = body.frame().await.expect("frame").expect("ok");
         assert_eq!(first.into_data().expect("data"), "0123456789");
         tx.send(Bytes::from_static(b"second")).await.expect("send");
@@ -2201,25 +2220,10 @@ mod tests {
     /// drops the client's body and does not pool the connection.
     #[tokio::test(start_paused = true)]
     async fn sending_the_rest_to_an_upstream_that_stopped_reading_is_given_up() {
-        let (pool, mut server) = pool_with_one_conn();
+        // Reads nothing after `first`: the 1 KiB duplex buffer fills.
+        let (pool, tx, mut body, up) =
+            put_answered_early(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
         let (s, a) = endpoint();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let up = tokio::spawn(async move {
-            read_until(&mut server, b"first").await;
-            server
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await
-                .expect("write");
-            // Reads nothing more: the 1 KiB duplex buffer fills.
-            server
-        });
-        tx.send(Bytes::from_static(b"first")).await.expect("send");
-        let resp = pool
-            .send(&s, &a, request(Method::PUT, &[], Channel(rx)))
-            .await
-            .expect("head");
-        let mut body = resp.into_body();
-        body.idle_timeout(Duration::from_secs(5));
         let ok = body.frame().await.expect("frame").expect("ok");
         assert_eq!(ok.into_data().expect("data"), "ok");
         drop(body);

@@ -455,3 +455,45 @@ async fn a_101_not_to_the_clients_websocket_is_a_502() {
     assert!(!head.contains("h2c"), "{head}");
     proxy.stop().await;
 }
+
+/// Stopping the server closes an open WebSocket tunnel at once (it does not hold shutdown for
+/// the whole shutdown timeout): both the client and the primary see their connection end.
+#[tokio::test]
+async fn stopping_the_server_closes_an_open_tunnel() {
+    let (listener, addr) = raw_upstream().await;
+    let primary = tokio::spawn(async move {
+        let (mut s, _, _) = accept_head(&listener).await;
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nopen")
+            .await
+            .expect("write");
+        // Quiet until the proxy ends the connection.
+        let mut rest = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+            .await
+            .expect("the proxy ends the upstream connection")
+            .expect("read");
+    });
+    let mut f = flags(&format!("http://{addr}"), &[]);
+    f.shutdown_timeout = Some("60s".into());
+    let proxy = Proxy::start(f).await;
+    let mut c = TcpStream::connect(proxy.addr).await.expect("connect");
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut got = Vec::new();
+    read_until_has(&mut c, &mut got, b"open").await;
+    // Well under the 60 s shutdown timeout.
+    tokio::time::timeout(DEADLINE, proxy.stop())
+        .await
+        .expect("shutdown does not wait for the tunnel");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, c.read_to_end(&mut rest))
+        .await
+        .expect("the client's connection ends");
+    tokio::time::timeout(DEADLINE, primary)
+        .await
+        .expect("primary side ended")
+        .expect("primary");
+}

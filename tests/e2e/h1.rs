@@ -224,15 +224,8 @@ async fn the_first_head_must_be_complete_within_the_header_timeout_from_accept()
     let _ = slow.write_all(b"GET /slow HTTP/1.1\r\n").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let _ = slow.write_all(b"host: a\r\n\r\n").await;
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut rest))
-        .await
-        .expect("the server closes the connection");
-    assert!(
-        rest.is_empty(),
-        "no answer: {:?}",
-        String::from_utf8_lossy(&rest)
-    );
+    // Closed, unanswered.
+    closes(&mut slow, &[]).await;
 
     // In time: answered, then idle for longer than the header timeout, then answered again.
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
@@ -258,25 +251,6 @@ async fn the_first_head_must_be_complete_within_the_header_timeout_from_accept()
         "the trickled head never reached the primary"
     );
     proxy.stop().await;
-}
-
-/// Read from `s` into `buf` until it holds `want` (bounded by the deadline).
-async fn read_until_has(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
-    tokio::time::timeout(DEADLINE, async {
-        let mut b = [0u8; 4096];
-        while !buf.windows(want.len()).any(|w| w == want) {
-            let n = s.read(&mut b).await.expect("read");
-            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
-            buf.extend_from_slice(&b[..n]);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "no {want:?} before the deadline: {:?}",
-            String::from_utf8_lossy(buf)
-        )
-    });
 }
 
 /// A WebSocket upgrade (HTTP/1.1): the primary's `101` reaches the client and the two
@@ -488,10 +462,7 @@ async fn stopping_the_server_closes_an_open_tunnel() {
     tokio::time::timeout(DEADLINE, proxy.stop())
         .await
         .expect("shutdown does not wait for the tunnel");
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, c.read_to_end(&mut rest))
-        .await
-        .expect("the client's connection ends");
+    closes(&mut c, &[]).await;
     tokio::time::timeout(DEADLINE, primary)
         .await
         .expect("primary side ended")

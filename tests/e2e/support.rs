@@ -441,32 +441,39 @@ pub async fn raw_upstream() -> (TcpListener, SocketAddr) {
     (l, addr)
 }
 
+/// Read from `s` into `buf` until it holds `want` (bounded by [`DEADLINE`]).
+pub async fn read_until_has<S>(s: &mut S, buf: &mut Vec<u8>, want: &[u8])
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(DEADLINE, async {
+        let mut b = [0u8; 4096];
+        while !buf.windows(want.len()).any(|w| w == want) {
+            let n = s.read(&mut b).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&b[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no {want:?} before the deadline: {:?}",
+            String::from_utf8_lossy(buf)
+        )
+    });
+}
+
 /// Accept one connection and read its request head (bounded by [`DEADLINE`]): the stream, the
 /// head lower-cased, and whatever came after the head.
 pub async fn accept_head(l: &TcpListener) -> (tokio::net::TcpStream, String, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
     let (mut s, _) = tokio::time::timeout(DEADLINE, l.accept())
         .await
         .expect("a connection before the deadline")
         .expect("accept");
     let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                return i + 4;
-            }
-            let n = s.read(&mut b).await.expect("read");
-            assert!(
-                n > 0,
-                "closed before the head: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&b[..n]);
-        }
-    })
-    .await
-    .expect("a request head before the deadline");
+    read_until_has(&mut s, &mut buf, b"\r\n\r\n").await;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
     let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
     let rest = buf[end..].to_vec();
     (s, head, rest)

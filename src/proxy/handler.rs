@@ -69,7 +69,10 @@ pub async fn handle(
 
     // A WebSocket upgrade, when the client's connection can be handed over (HTTP/1.1).
     let upgrade = parts.extensions.remove::<CanUpgrade>().is_some()
-        && headers::offers_websocket(parts.headers.get(UPGRADE));
+        && parts
+            .headers
+            .get(UPGRADE)
+            .is_some_and(headers::offers_websocket);
 
     // Identify.
     let mut host = headers::request_host(&parts);
@@ -249,20 +252,24 @@ pub async fn handle(
     };
     // The upstream going silent in the body: the same limit as for its head.
     resp.body_mut().idle_timeout(timeout);
-    let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    if switched && !(upgrade && headers::offers_websocket(resp.headers().get(UPGRADE))) {
-        // Only a client's own WebSocket upgrade may be answered with 101, and only by a switch
-        // to WebSocket (a route adding an `Upgrade` header does not make the client's
-        // connection one).
-        let e = ProxyError::Upstream {
-            upstream: ctx.upstream(),
-            reason: "101 Switching Protocols not to the WebSocket the client asked for".into(),
-        };
-        return fail(state, e, &ctx, start);
-    }
-    let switched_to = switched
-        .then(|| resp.headers().get(UPGRADE).cloned())
-        .flatten();
+    // A 101 answers only a request that carried `Upgrade` (the codec refuses it otherwise), and
+    // only a client's own WebSocket upgrade carries one (config refuses it in route headers);
+    // it must also switch to WebSocket. Its `Upgrade` goes back after the hop-by-hop strip.
+    let switched_to = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        match resp.headers().get(UPGRADE) {
+            Some(u) if upgrade && headers::offers_websocket(u) => Some(u.clone()),
+            _ => {
+                let e = ProxyError::Upstream {
+                    upstream: ctx.upstream(),
+                    reason: "101 Switching Protocols not to the WebSocket the client asked for"
+                        .into(),
+                };
+                return fail(state, e, &ctx, start);
+            }
+        }
+    } else {
+        None
+    };
     headers::strip_hop_by_hop(resp.headers_mut());
     if let Some(u) = switched_to {
         resp.headers_mut().insert(UPGRADE, u);

@@ -31,13 +31,11 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Whether an `Upgrade` value offers WebSocket (the one upgrade proxied, as Envoy's default
 /// `upgrade_configs`): a request's that lists it, or a `101`'s that chose it.
-pub fn offers_websocket(v: Option<&HeaderValue>) -> bool {
-    v.is_some_and(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|p| {
-            let p = p.trim_ascii();
-            let name = p.split(|b| *b == b'/').next().unwrap_or(p);
-            name.eq_ignore_ascii_case(b"websocket")
-        })
+pub fn offers_websocket(v: &HeaderValue) -> bool {
+    v.as_bytes().split(|b| *b == b',').any(|p| {
+        let p = p.trim_ascii();
+        let name = p.split(|b| *b == b'/').next().unwrap_or(p);
+        name.eq_ignore_ascii_case(b"websocket")
     })
 }
 

@@ -392,10 +392,7 @@ pub(crate) fn encode_head<B: Body>(buf: &mut Vec<u8>, req: &Request<B>) -> (Fram
             }
             has_length = true;
         }
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        push_field(buf, name, value);
     }
     match framing {
         Framing::None => {
@@ -413,6 +410,16 @@ pub(crate) fn encode_head<B: Body>(buf: &mut Vec<u8>, req: &Request<B>) -> (Fram
     }
     buf.extend_from_slice(b"\r\n");
     (framing, upgrade)
+}
+
+/// One `name: value` line of a head (both heads the proxy writes: requests upstream, responses
+/// to clients).
+#[inline(always)]
+pub(crate) fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {

@@ -875,10 +875,7 @@ fn encode_response(
             continue;
         }
         dated |= name == DATE;
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        super::push_field(buf, name, value);
     }
     if let Some(n) = framing.length {
         buf.extend_from_slice(b"content-length: ");
@@ -910,10 +907,7 @@ fn encode_switch(buf: &mut Vec<u8>, headers: &HeaderMap) {
         if name == CONNECTION || name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
             continue;
         }
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        super::push_field(buf, name, value);
     }
     buf.extend_from_slice(b"connection: upgrade\r\n\r\n");
 }

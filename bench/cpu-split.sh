@@ -54,15 +54,6 @@ esac
 # The fixtures' nginx processes (children of the `timeout` wrappers in PIDS).
 FIXTURES=$(for p in "${PIDS[@]}"; do pgrep -P "$p"; done | tr '\n' ' ')
 
-proxy_cmd() {  # proxy_cmd LABEL BIN PORT -> sets CMD
-  case "$1" in
-    nginx*)
-      nginx_proxy_conf "$WORK/proxy-$1" "$3" "$PP" "$SP" "$PERCENT"
-      CMD=("$2" -p "$WORK/proxy-$1" -c "$WORK/proxy-$1/proxy.conf" -g 'daemon off; master_process off;');;
-    *) CMD=("$2" serve --listen "127.0.0.1:$3" --primary "http://127.0.0.1:$PP" \
-            --shadow "http://127.0.0.1:$SP" --mirror-percent "$PERCENT" --access-log off --workers 1);;
-  esac
-}
 ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 fixture_ticks() { local t=0 p u s; for p in $FIXTURES; do read -r u s < <(ticks "$p"); t=$((t + u + s)); done; echo $t; }
 hz=$(getconf CLK_TCK)
@@ -72,7 +63,7 @@ printf '%-12s %5s %10s %8s %8s %8s %8s %8s\n' build round requests rps user sys 
 for round in $(seq 1 "$ROUNDS"); do
   for b in "${BUILDS[@]}"; do
     label=${b%%=*}; bin=${b#*=}; port=$(free_port)
-    proxy_cmd "$label" "$bin" "$port"
+    proxy_cmd "$label" "$bin" "$WORK/proxy-$label" "$port" "$PP" "$SP" "$PERCENT"
     "${CMD[@]}" >/dev/null 2>&1 &
     pid=$!; PIDS+=($pid)
     wait_port "$port"
@@ -95,7 +86,7 @@ done
 command -v strace >/dev/null || { echo "strace is needed for --strace (apt-get install strace)" >&2; exit 2; }
 for b in "${BUILDS[@]}"; do
   label=${b%%=*}; bin=${b#*=}; port=$(free_port)
-  proxy_cmd "$label" "$bin" "$port"
+  proxy_cmd "$label" "$bin" "$WORK/proxy-$label" "$port" "$PP" "$SP" "$PERCENT"
   timeout -k 5 120 strace -c -f -o "$WORK/$label.strace" "${CMD[@]}" >/dev/null 2>&1 &
   spid=$!; PIDS+=($spid)
   wait_port "$port"

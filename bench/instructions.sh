@@ -80,15 +80,9 @@ for sc in "${SCS[@]}"; do
     pct=100; post=0
     case "$sc" in B) pct=0;; C) ;; P) post=1;; *) echo "unknown scenario $sc" >&2; exit 2;; esac
     out=$WORK/$sc-$label.callgrind
-    case "$label" in
-      nginx*)  # nginx as the proxy, the same config mirror-bench.sh runs (one process here)
-        rd=$WORK/$sc-$label
-        nginx_proxy_conf "$rd" "$xp" "$pp" "$sp" "$pct"
-        cmd=("$bin" -p "$rd" -c "$rd/proxy.conf" -g 'daemon off; master_process off;');;
-      *) cmd=("$bin" serve --listen "127.0.0.1:$xp" --primary "http://127.0.0.1:$pp" \
-              --shadow "http://127.0.0.1:$sp" --mirror-percent "$pct" --access-log off --workers 1);;
-    esac
-    timeout -k 5 3600 valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" \
+    # nginx as the proxy runs the config mirror-bench.sh gives it (one process here).
+    proxy_cmd "$label" "$bin" "$WORK/$sc-$label" "$xp" "$pp" "$sp" "$pct"
+    timeout -k 5 3600 valgrind --tool=callgrind --callgrind-out-file="$out" "${CMD[@]}" \
       >"$WORK/$sc-$label.log" 2>&1 &
     vpid=$!; PIDS+=($vpid)
     wait_port "$xp" 60  # valgrind starts slowly

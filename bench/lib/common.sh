@@ -35,3 +35,15 @@ nginx_proxy_conf() {  # nginx_proxy_conf DIR PROXY_PORT PRIMARY_PORT SHADOW_PORT
       -e "s|@IF_NOMIRROR@|$off|g" -e "s|@MIRROR_TIMEOUT@|60s|g" \
       "$HERE/conf/proxy-nginx.conf.tmpl" >"$1/proxy.conf"
 }
+
+proxy_cmd() {  # proxy_cmd LABEL BIN DIR PROXY_PORT PRIMARY_PORT SHADOW_PORT PERCENT -> sets CMD
+  # LABEL nginx*: BIN is nginx with mirror-bench's proxy config (written into DIR); otherwise
+  # BIN is a mirrorctl build, one worker, access log off.
+  case "$1" in
+    nginx*)
+      nginx_proxy_conf "$3" "$4" "$5" "$6" "$7"
+      CMD=("$2" -p "$3" -c "$3/proxy.conf" -g 'daemon off; master_process off;');;
+    *) CMD=("$2" serve --listen "127.0.0.1:$4" --primary "http://127.0.0.1:$5" \
+            --shadow "http://127.0.0.1:$6" --mirror-percent "$7" --access-log off --workers 1);;
+  esac
+}
